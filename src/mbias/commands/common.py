@@ -1,0 +1,59 @@
+"""Pieces several commands share: progress display, input reading, output naming."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from mbias.errors import MbiasError
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Progress]:
+    """A progress bar on stderr with texts/s and time left (stdout stays clean for piping)."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield progress
+
+
+def rate_text(done: int, elapsed: float | None) -> str:
+    return f"{done / elapsed:.2f} texts/s" if elapsed else ""
+
+
+def read_stdin_lines() -> list[str]:
+    """One text per non-empty line of standard input, which must be UTF-8."""
+    try:
+        data = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MbiasError(f"standard input is not UTF-8 (bad byte at position {exc.start})") from None
+    lines = [line for line in data.splitlines() if line.strip()]
+    if not lines:
+        raise MbiasError("standard input is empty: give one text per line")
+    return lines
+
+
+def default_output(input_path: str, suffix: str) -> Path:
+    path = Path(input_path)
+    return path.with_name(f"{path.stem}.{suffix}{path.suffix if path.suffix else '.jsonl'}")

@@ -1,0 +1,98 @@
+"""`mbias debias`: rewrite a text, stdin lines, or a whole file (written as it goes, resumable)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mbias import config
+from mbias.commands.common import console, default_output, progress_bar, rate_text, read_stdin_lines
+from mbias.errors import MbiasError
+from mbias.intervene import Debiaser, DebiasSettings
+from mbias.records import RecordWriter, iter_pending, read_records, texts_to_records
+
+SHOWN_FIELDS = ("id", "text", "rewrite", "action", "reason", "toxicity", "bias", "similarity")
+
+
+def debias(
+    text: Annotated[str | None, typer.Argument(help="Text to rewrite, or '-' for one text per stdin line.")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="CSV, TSV, JSONL or Parquet file.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Where to write (default: INPUT.debiased.EXT).")] = None,
+    column: Annotated[str | None, typer.Option("--column", "-c", help="Text column (default: text or biased_text).")] = None,
+    engine: Annotated[str, typer.Option(help="Short name or spec: mbias-270m, mbias-7b, hf:..., openai:URL#MODEL.")] = "",
+    judge: Annotated[str, typer.Option(help="'embedded', 'llm:SPEC', 'none', or '' for the default.")] = "",
+    prompt_style: Annotated[str | None, typer.Option(help="Override the model's prompt style.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
+    max_input_tokens: Annotated[int, typer.Option(min=1)] = 2048,
+    candidates: Annotated[int, typer.Option(min=1, help="Sample N candidates and keep the best.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    screen: Annotated[bool, typer.Option(help="Skip generation for texts the judge finds clean.")] = True,
+    format: Annotated[str, typer.Option("--format", help="text or json (for TEXT and stdin).")] = "text",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
+) -> None:
+    """Rewrite biased or toxic text into a safe version that keeps its main information."""
+    if (text is None) == (input is None):
+        raise MbiasError("give either a TEXT argument (or '-') or --input FILE")
+    if format not in ("text", "json"):
+        raise MbiasError(f"--format must be text or json, not {format!r}")
+    records = read_records(input, column) if input else None
+    if text is not None:
+        records = texts_to_records(read_stdin_lines() if text == "-" else [text])
+        if not records[0]["text"].strip():
+            raise MbiasError("the text is empty")
+    settings = DebiasSettings(
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        max_input_tokens=max_input_tokens,
+        candidates=candidates,
+        temperature=temperature,
+        screen=screen,
+    )
+    chosen_judge = judge or config.default_judge()
+    debiaser = Debiaser(
+        engine or config.default_engine_spec(),
+        judge=None if chosen_judge in (None, "none") else chosen_judge,
+        prompt_style=prompt_style,
+        settings=settings,
+    )
+    if input is None:
+        if len(records) == 1:
+            debiaser.check_length(records[0]["text"])  # a lone text that is too long is an error
+        for batch in debiaser.stream(records):
+            for record in batch:
+                if format == "json":
+                    shown = {k: record[k] for k in SHOWN_FIELDS if k in record}
+                    typer.echo(json.dumps(shown, ensure_ascii=False))
+                else:
+                    typer.echo(record["rewrite"])
+        return
+    _debias_file(debiaser, records, output or str(default_output(input, "debiased")), resume)
+
+
+def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: bool) -> None:
+    counts: dict[str, int] = {}
+    with RecordWriter(output, resume=resume) as writer:
+        pending = list(iter_pending(records, writer.done_ids))
+        if resume and writer.done_ids:
+            console.print(f"resuming: {len(writer.done_ids)} rows already in {output}, {len(pending)} to go")
+        start = time.perf_counter()
+        with progress_bar("debias") as progress:
+            task = progress.add_task("debias", total=len(pending), rate="")
+            done = 0
+            for batch in debiaser.stream(pending):
+                for record in batch:
+                    writer.write(record)
+                    counts[record["action"]] = counts.get(record["action"], 0) + 1
+                done += len(batch)
+                progress.update(task, advance=len(batch), rate=rate_text(done, time.perf_counter() - start))
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do"
+    console.print(f"wrote {Path(output)}: {summary}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("debias")(debias)

@@ -1,0 +1,94 @@
+"""Settings (MBIAS_* environment variables) and the registry of short model names.
+
+A short name is only a convenience: it expands to an engine spec string, plus the prompt style the
+model was trained with. Keeping the two together is the fix for the paper's empty outputs, whose
+training prompt differed from its inference prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_ADAPTER = ASSETS / "mbias-270m-adapter"
+
+
+def cache_dir() -> Path:
+    """Where converted weights and other derived files live (MBIAS_CACHE, else the XDG cache)."""
+    root = os.environ.get("MBIAS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mbias"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_engine_spec() -> str:
+    return os.environ.get("MBIAS_ENGINE", "mbias-270m")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What a short model name stands for."""
+
+    spec: str
+    prompt_style: str
+    description: str
+
+
+def _embedded_entry() -> ModelEntry:
+    if (DEFAULT_ADAPTER / "adapter_config.json").exists():
+        return ModelEntry(
+            spec=f"hf:gguf:gemma-3-270m+adapter:{DEFAULT_ADAPTER}",
+            prompt_style="mbias",
+            description="gemma-3-270m with the project's MBIAS LoRA adapter (embedded default)",
+        )
+    return ModelEntry(
+        spec="hf:gguf:gemma-3-270m",
+        prompt_style="fewshot",
+        description="gemma-3-270m base model with a few-shot prompt (no adapter shipped yet)",
+    )
+
+
+def registry() -> dict[str, ModelEntry]:
+    """Short names users can pass to --engine."""
+    return {
+        "mbias-270m": _embedded_entry(),
+        "gemma-3-270m": ModelEntry(
+            spec="hf:gguf:gemma-3-270m",
+            prompt_style="fewshot",
+            description="gemma-3-270m base model, few-shot prompt (the baseline)",
+        ),
+        "mbias-7b": ModelEntry(
+            spec="hf:newsmediabias/MBIAS",
+            prompt_style="mistral-inst",
+            description="the paper's released MBIAS model (Mistral-7B-Instruct-v0.2 fine-tune; hub access needed)",
+        ),
+        "mistral-7b-instruct": ModelEntry(
+            spec="hf:mistralai/Mistral-7B-Instruct-v0.2",
+            prompt_style="mistral-inst",
+            description="the paper's base model, vanilla (hub access needed)",
+        ),
+    }
+
+
+def resolve(name_or_spec: str) -> ModelEntry:
+    """Expand a short name; a full spec passes through with the "auto" prompt style (chat template
+    when the model has one, the plain MBIAS format otherwise)."""
+    entries = registry()
+    if name_or_spec in entries:
+        return entries[name_or_spec]
+    return ModelEntry(spec=name_or_spec, prompt_style="auto", description="user-supplied engine spec")
+
+
+JUDGE_ASSETS = ASSETS / "judges"
+
+
+def default_judge() -> str | None:
+    """The embedded judge once its heads ship (MBIAS_JUDGE overrides: 'none' turns screening off)."""
+    chosen = os.environ.get("MBIAS_JUDGE")
+    if chosen:
+        return None if chosen == "none" else chosen
+    return "embedded" if (JUDGE_ASSETS / "heads.json").exists() else None

@@ -1,0 +1,100 @@
+"""OpenAI-compatible HTTP backend: vLLM, Ollama, llama.cpp server, OpenAI itself.
+
+Requests run concurrently (a thread pool; the server batches), each with a timeout and retries
+with exponential backoff on connection errors, 429 and 5xx. The API key comes from the
+environment (MBIAS_API_KEY, else OPENAI_API_KEY), never from the spec string.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from mbias.errors import MbiasError
+from mbias.prompts import STOP_STRINGS
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAIEngine:
+    """Chat-completions client; each prompt is sent as one user message."""
+
+    tokenizer = None
+    context_window = None
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 3,
+        concurrency: int = 8,
+        backoff: float = 0.5,
+        **_: Any,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self.concurrency = concurrency
+        key = os.environ.get("MBIAS_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        self.model = model or self._first_model()
+        self.name = f"openai:{self.base_url}#{self.model}"
+
+    @classmethod
+    def from_spec(cls, rest: str, **options: Any) -> OpenAIEngine:
+        base_url, _, model = rest.partition("#")
+        if not base_url.startswith(("http://", "https://")):
+            raise MbiasError(f"openai engine needs a URL, e.g. openai:http://127.0.0.1:8000/v1#MODEL (got {rest!r})")
+        return cls(base_url, model or None, **options)
+
+    def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.client.request(method, path, json=payload)
+            except httpx.HTTPError as exc:
+                last_error = f"cannot reach {self.base_url}{path}: {type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise MbiasError(f"{self.base_url}{path} answered with non-JSON content") from None
+                last_error = f"{self.base_url}{path} answered HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code not in RETRY_STATUS:
+                    break
+            if attempt < self.retries:
+                time.sleep(self.backoff * 2**attempt)
+        raise MbiasError(last_error)
+
+    def _first_model(self) -> str:
+        models = self._request("GET", "/models").get("data") or []
+        if not models:
+            raise MbiasError(f"{self.base_url} lists no models; name one as openai:URL#MODEL")
+        return models[0]["id"]
+
+    def _complete(self, prompt: str, max_new_tokens: int, temperature: float, n: int) -> list[str]:
+        payload = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_new_tokens,
+            "temperature": temperature if (temperature > 0 or n == 1) else 0.7,
+            "n": n,
+            "stop": [s for s in STOP_STRINGS if s.strip()][:4],
+        }
+        choices = self._request("POST", "/chat/completions", payload).get("choices") or []
+        texts = [(c.get("message") or {}).get("content") or "" for c in choices]
+        return (texts + [""] * n)[:n]
+
+    def generate(
+        self, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0, n: int = 1
+    ) -> list[list[str]]:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
+            return list(pool.map(lambda p: self._complete(p, max_new_tokens, temperature, n), prompts))

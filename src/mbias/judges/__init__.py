@@ -1,0 +1,39 @@
+"""Judges score texts for toxicity and bias and measure how much meaning a rewrite keeps.
+
+The Debiaser screens inputs and verifies candidates through this protocol only, so the embedded
+encoder heads and an LLM-as-judge are interchangeable there.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Judge(Protocol):
+    def score(self, texts: list[str]) -> list[dict[str, float]]:
+        """Per text: ``{"toxicity": p, "bias": p}``, probabilities in [0, 1]."""
+        ...
+
+    def similarity(self, sources: list[str], outputs: list[str]) -> list[float]:
+        """Per pair: meaning retained, cosine similarity in [-1, 1] (1 = same meaning)."""
+        ...
+
+    def is_unsafe(self, scores: dict[str, float]) -> bool:
+        """True when any score is at or above the judge's calibrated threshold."""
+        ...
+
+
+def load_judge(spec: str = "embedded") -> Judge:
+    """``embedded`` (encoder + shipped heads) or ``llm:<engine spec>``."""
+    if spec == "embedded":
+        from mbias.judges.embedded import EmbeddedJudge
+
+        return EmbeddedJudge()
+    if spec.startswith("llm:"):
+        from mbias.judges.llm import LLMJudge
+
+        return LLMJudge(spec[4:])
+    from mbias.errors import MbiasError
+
+    raise MbiasError(f"unknown judge {spec!r}; use 'embedded' or 'llm:<engine spec>'")

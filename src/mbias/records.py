@@ -1,0 +1,228 @@
+"""Reading and writing the one record shape every command passes along.
+
+A record is a dict with at least ``id`` and ``text``; stages add fields (``rewrite``, ``action``,
+scores). Output is written row by row as work completes, so an interrupted job loses nothing and
+``resume`` skips exactly the ids already written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mbias.errors import MbiasError
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+TEXT_COLUMN_GUESSES = ("text", "biased_text", "toxic", "sentence", "comment")
+Record = dict[str, Any]
+
+
+def file_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise MbiasError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv, .jsonl or .parquet")
+    return FORMATS[suffix]
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        return value.item()  # numpy scalars -> python, so json.dumps works
+    return value
+
+
+def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+    try:
+        if fmt == "jsonl":
+            rows = []
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise MbiasError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                    if not isinstance(row, dict):
+                        raise MbiasError(f"{path}:{number}: each line must be a JSON object")
+                    rows.append(row)
+            return rows
+        import pandas as pd
+
+        if fmt == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(
+                path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False, encoding="utf-8"
+            )
+        return [{k: _clean_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+    except UnicodeDecodeError as exc:
+        raise MbiasError(f"{path}: not UTF-8 text (bad byte at position {exc.start}); re-encode it as UTF-8") from None
+    except MbiasError:
+        raise
+    except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MbiasError(f"{path}: cannot read as {fmt}: {first_line}") from None
+
+
+def _load_hf_dataset(ref: str) -> list[dict[str, Any]]:
+    """``hf:<dataset id>[:<split>]`` (needs hub access)."""
+    name, _, split = ref[3:].partition(":")
+    try:
+        import datasets
+
+        data = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:
+        raise MbiasError(f"cannot load Hugging Face dataset {name!r}: {str(exc).splitlines()[0]}") from None
+    return [dict(row) for row in data]
+
+
+def pick_column(columns: Iterable[str], column: str | None, source: str) -> str:
+    """The text column: the one asked for, else the first familiar name."""
+    columns = list(columns)
+    if column:
+        if column not in columns:
+            raise MbiasError(f"{source}: no column {column!r}; columns are: {', '.join(columns)}")
+        return column
+    for guess in TEXT_COLUMN_GUESSES:
+        if guess in columns:
+            return guess
+    raise MbiasError(f"{source}: no text column found; pass --column (columns are: {', '.join(columns)})")
+
+
+def read_records(source: str | Path, column: str | None = None) -> list[Record]:
+    """Records from a CSV/TSV/JSONL/Parquet file or ``hf:<dataset>``; ``text`` is the chosen column."""
+    ref = str(source)
+    if ref.startswith("hf:"):
+        rows = _load_hf_dataset(ref)
+    else:
+        path = Path(ref)
+        if not path.exists():
+            raise MbiasError(f"{path}: no such file")
+        if path.is_dir():
+            raise MbiasError(f"{path}: is a directory, expected a file")
+        fmt = file_format(path)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise MbiasError(f"{path}: cannot open ({exc.strerror})") from None
+        rows = _read_rows(path, fmt)
+    if not rows:
+        raise MbiasError(f"{ref}: no rows")
+    text_column = pick_column(rows[0].keys(), column, ref)
+    records = []
+    for index, row in enumerate(rows):
+        value = row.get(text_column)
+        record = dict(row)
+        record["id"] = str(row["id"]) if row.get("id") not in (None, "") else str(index)
+        record["text"] = "" if value is None else str(value)
+        records.append(record)
+    ids = [r["id"] for r in records]
+    if len(set(ids)) != len(ids):
+        raise MbiasError(f"{ref}: the id column has duplicate values; ids must be unique to resume safely")
+    return records
+
+
+def texts_to_records(texts: Iterable[str]) -> list[Record]:
+    return [{"id": str(i), "text": t} for i, t in enumerate(texts)]
+
+
+def _flat(record: Record) -> dict[str, Any]:
+    """CSV and Parquet cells hold scalars: nested values become JSON strings."""
+    return {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in record.items()}
+
+
+class RecordWriter:
+    """Appends records to an output file as they are produced.
+
+    JSONL and CSV are appended in place and flushed per row. Parquet cannot be appended to, so
+    rows go to ``<output>.partial.jsonl`` and the Parquet file is written when the job completes.
+    """
+
+    def __init__(self, path: str | Path, resume: bool = False):
+        self.path = Path(path)
+        self.format = file_format(self.path)
+        self.sink = self.path.with_name(self.path.name + ".partial.jsonl") if self.format == "parquet" else self.path
+        self.done_ids: set[str] = set()
+        if resume:
+            self.done_ids = {str(r["id"]) for r in self._existing()}
+        elif self.path.exists() or (self.sink != self.path and self.sink.exists()):
+            raise MbiasError(f"{self.path}: already exists; pass --resume to continue it or choose another --output")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = None
+        self._csv: csv.DictWriter | None = None
+        self._fields: list[str] | None = None
+
+    def _existing(self) -> list[Record]:
+        if self.sink.exists() and self.sink.stat().st_size:
+            fmt = "jsonl" if self.sink != self.path else self.format
+            return _read_rows(self.sink, fmt if fmt != "tsv" else "tsv")
+        if self.format == "parquet" and self.path.exists():
+            return _read_rows(self.path, "parquet")
+        return []
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def write(self, record: Record) -> None:
+        if self._handle is None:
+            if self.format == "parquet" and self.path.exists() and not self.sink.exists():
+                # resuming a finished parquet file: move its rows back into the sink first
+                existing = _read_rows(self.path, "parquet")
+                with self.sink.open("w", encoding="utf-8") as out:
+                    for row in existing:
+                        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._handle = self.sink.open("a", encoding="utf-8", newline="")
+        if self.format in ("csv", "tsv"):
+            row = _flat(record)
+            if self._csv is None:
+                self._fields = self._csv_header() or list(row.keys())
+                delimiter = "\t" if self.format == "tsv" else ","
+                self._csv = csv.DictWriter(self._handle, fieldnames=self._fields, extrasaction="ignore", delimiter=delimiter)
+                if self.sink.stat().st_size == 0:
+                    self._csv.writeheader()
+            self._csv.writerow(row)
+        else:
+            self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._handle.flush()
+        self.done_ids.add(str(record["id"]))
+
+    def _csv_header(self) -> list[str] | None:
+        if self.sink.exists() and self.sink.stat().st_size:
+            with self.sink.open(encoding="utf-8", newline="") as handle:
+                return next(csv.reader(handle, delimiter="\t" if self.format == "tsv" else ","))
+        return None
+
+    def close(self, complete: bool = True) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if complete and self.format == "parquet" and self.sink.exists():
+            import pandas as pd
+
+            rows = [_flat(r) for r in _read_rows(self.sink, "jsonl")]
+            pd.DataFrame(rows).to_parquet(self.path, index=False)
+            self.sink.unlink()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(complete=exc_type is None)
+
+
+def write_records(path: str | Path, records: Iterable[Record]) -> None:
+    """Write a whole table at once (reports, exports); replaces the file."""
+    path = Path(path)
+    if path.exists():
+        path.unlink()
+    with RecordWriter(path) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def iter_pending(records: list[Record], done_ids: set[str]) -> Iterator[Record]:
+    return (r for r in records if r["id"] not in done_ids)

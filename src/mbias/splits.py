@@ -1,0 +1,29 @@
+"""Deterministic, content-based splits shared by every part of the project.
+
+Judges are validated, and the adapter is measured, on texts that no training step saw. A split
+keyed on the normalised text (not on a file's row order) keeps a sentence that appears in several
+source files, or in both ToxiGen groups, on the same side everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+HELDOUT_BUCKETS = frozenset({0, 1})  # 2 of 10 buckets: about 20 % of any pool
+N_BUCKETS = 10
+
+
+def normalise(text: str) -> str:
+    """Lower-case and collapse whitespace, so trivial variants hash alike."""
+    return " ".join(str(text).lower().split())
+
+
+def bucket(text: str) -> int:
+    """Stable bucket in [0, N_BUCKETS) for a text."""
+    digest = hashlib.md5(normalise(text).encode("utf-8")).hexdigest()
+    return int(digest, 16) % N_BUCKETS
+
+
+def is_heldout(text: str) -> bool:
+    """True for texts reserved for validation (judges, quality benchmark): never train on them."""
+    return bucket(text) in HELDOUT_BUCKETS
