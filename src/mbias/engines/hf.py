@@ -67,7 +67,9 @@ def load_model_and_tokenizer(source: str, dtype: Any = None, **kwargs: Any) -> t
     """Model and tokenizer for a hub id, a local dir or the embedded GGUF; one-line errors."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # users see our progress, not one bar per weight file
     path = resolve_model_path(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,0 +1,169 @@
+"""Prompts, records and the Debiaser's choose step: the pieces every command shares."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mbias.errors import MbiasError
+from mbias.intervene import Debiaser, DebiasSettings
+from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render
+from mbias.records import RecordWriter, read_records, write_records
+from mbias.splits import bucket, is_heldout
+
+
+def test_instruction_is_the_papers():
+    assert INSTRUCTION.startswith("You are a text debiasing bot")
+    assert INSTRUCTION.endswith("Debias this text by rephrasing it to be free of bias:")
+
+
+def test_render_styles_embed_text_and_instruction():
+    text = "Some text about people."
+    for style in ("mbias", "fewshot", "mistral-inst", "chat"):
+        prompt = render(text, style)
+        assert text in prompt and INSTRUCTION in prompt
+    assert render(text, "mistral-inst").startswith("[INST]")
+    assert render(text, "fewshot").count("Debiased text:") > render(text, "mbias").count("Debiased text:")
+    assert render(text, "mbias").endswith("Debiased text:")
+    with pytest.raises(ValueError):
+        render(text, "nope")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (" The manager made a mistake.\nText: next example", "The manager made a mistake."),
+        ("Here is a debiased version: People differ.", "People differ."),
+        ('"People differ."', "People differ."),
+        ("Sure! Here's the rephrased text: \u201cPeople differ.\u201d", "People differ."),
+        ("People differ.\n\nYou are a text debiasing bot", "People differ."),
+        ("\n\nPeople differ.", "People differ."),
+    ],
+)
+def test_clean_output(raw, expected):
+    assert clean_output(raw, "source") == expected
+
+
+def test_refusals_detected():
+    assert is_refusal("I'm sorry, but I cannot assist with that.")
+    assert is_refusal("As an AI, I won't rephrase this")
+    assert not is_refusal("The roads in town need repair.")
+
+
+def test_splits_are_stable_and_normalised():
+    assert bucket("Hello  World") == bucket("hello world")
+    share = sum(is_heldout(f"sentence number {i}") for i in range(2000)) / 2000
+    assert 0.15 < share < 0.25
+
+
+def test_read_records_formats(tmp_path):
+    (tmp_path / "a.csv").write_text("biased_text,x\nhello,1\nworld,2\n", encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text('{"id": "k", "text": "hi"}\n\n{"id": "m", "text": "yo"}\n')
+    records = read_records(tmp_path / "a.csv")
+    assert [r["text"] for r in records] == ["hello", "world"] and records[0]["id"] == "0"
+    assert [r["id"] for r in read_records(tmp_path / "a.jsonl")] == ["k", "m"]
+    write_records(tmp_path / "b.parquet", records)
+    assert [r["text"] for r in read_records(tmp_path / "b.parquet")] == ["hello", "world"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "column", "message"),
+    [
+        ("missing.csv", None, None, "no such file"),
+        ("bad.csv", b"text\n\xff\xfe broken\n", None, "not UTF-8"),
+        ("empty.jsonl", b"", None, "no rows"),
+        ("cols.csv", b"a,b\n1,2\n", None, "no text column"),
+        ("cols2.csv", b"text\nhi\n", "nope", "no column 'nope'"),
+        ("f.txt", b"hello", None, "unsupported file type"),
+        ("bad.jsonl", b'{"text": "a"}\n{oops\n', None, "not valid JSON"),
+        ("dup.jsonl", b'{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n', None, "duplicate"),
+    ],
+)
+def test_read_records_errors(tmp_path, name, content, column, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(MbiasError, match=message):
+        read_records(path, column)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_writer_resume_skips_done_ids(tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    writer = RecordWriter(out)
+    writer.write({"id": "0", "text": "a", "rewrite": "A"})
+    writer.close(complete=False)  # interrupted
+    with pytest.raises(MbiasError, match="already exists"):
+        RecordWriter(out)
+    with RecordWriter(out, resume=True) as resumed:
+        assert resumed.done_ids == {"0"}
+        resumed.write({"id": "1", "text": "b", "rewrite": "B"})
+    rows = read_records(out)
+    assert [r["id"] for r in rows] == ["0", "1"]
+    assert [r["rewrite"] for r in rows] == ["A", "B"]
+
+
+class ScriptedEngine:
+    """Returns fixed completions: the choose step is what is under test, not a model."""
+
+    name = "scripted"
+    tokenizer = None
+    context_window = 100
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+        self.calls = []
+
+    def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
+        self.calls.append(prompts)
+        return [self.outputs[: n] for _ in prompts]
+
+
+class FixedJudge:
+    def __init__(self, unsafe_words=("idiot",)):
+        self.unsafe_words = unsafe_words
+
+    def score(self, texts):
+        return [{"toxicity": float(any(w in t for w in self.unsafe_words)), "bias": 0.0} for t in texts]
+
+    def similarity(self, sources, outputs):
+        return [len(set(s.split()) & set(o.split())) / max(1, len(set(s.split()))) for s, o in zip(sources, outputs)]
+
+    def is_unsafe(self, scores):
+        return scores["toxicity"] >= 0.5
+
+
+def test_debiaser_never_returns_empty():
+    debiaser = Debiaser(ScriptedEngine(["", "  "]), prompt_style="mbias", settings=DebiasSettings(candidates=2))
+    [record] = debiaser.debias(["You idiot, fix the printer."])
+    assert record["rewrite"] == "You idiot, fix the printer." and record["action"] == "flagged"
+    [refused] = Debiaser(ScriptedEngine(["I'm sorry, I cannot help."]), prompt_style="mbias").debias(["x y"])
+    assert refused["action"] == "flagged" and refused["rewrite"] == "x y"
+
+
+def test_debiaser_screens_and_chooses_safest_candidate():
+    engine = ScriptedEngine(["you idiot fix the printer", "please fix the printer", "cats"])
+    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias", settings=DebiasSettings(candidates=3))
+    clean, toxic = debiaser.debias(["The printer is broken.", "you idiot fix the printer"])
+    assert clean["action"] == "kept" and clean["rewrite"] == clean["text"]
+    assert toxic["action"] == "rewritten" and toxic["rewrite"] == "please fix the printer"
+    assert len(engine.calls) == 1 and len(engine.calls[0]) == 1  # the clean text skipped generation
+    assert toxic["input_toxicity"] == 1.0 and toxic["toxicity"] == 0.0
+
+
+def test_debiaser_flags_empty_and_too_long_inputs():
+    debiaser = Debiaser(ScriptedEngine(["ok"]), prompt_style="mbias", settings=DebiasSettings(max_input_tokens=20))
+    empty, long, fine = debiaser.debias(["  ", "word " * 400, "short text"])
+    assert empty["action"] == "flagged" and "empty" in empty["reason"]
+    assert long["action"] == "flagged" and "limit" in long["reason"]
+    assert fine["rewrite"] == "ok"
+    with pytest.raises(MbiasError, match="tokens"):
+        debiaser.check_length("word " * 400)
+
+
+def test_records_keep_extra_fields_through_debias():
+    debiaser = Debiaser(ScriptedEngine(["calm words"]), prompt_style="mbias")
+    [out] = debiaser.debias([{"id": "7", "text": "angry words", "group": "women"}])
+    assert out["group"] == "women" and out["id"] == "7"
+    json.dumps(out)
