@@ -117,7 +117,7 @@ class ScriptedEngine:
 
     def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
         self.calls.append(prompts)
-        return [self.outputs[: n] for _ in prompts]
+        return [self.outputs[:n] for _ in prompts]
 
 
 class FixedJudge:
@@ -128,14 +128,19 @@ class FixedJudge:
         return [{"toxicity": float(any(w in t for w in self.unsafe_words)), "bias": 0.0} for t in texts]
 
     def similarity(self, sources, outputs):
-        return [len(set(s.split()) & set(o.split())) / max(1, len(set(s.split()))) for s, o in zip(sources, outputs)]
+        return [
+            len(set(s.split()) & set(o.split())) / max(1, len(set(s.split())))
+            for s, o in zip(sources, outputs)
+        ]
 
     def is_unsafe(self, scores):
         return scores["toxicity"] >= 0.5
 
 
 def test_debiaser_never_returns_empty():
-    debiaser = Debiaser(ScriptedEngine(["", "  "]), prompt_style="mbias", settings=DebiasSettings(candidates=2))
+    debiaser = Debiaser(
+        ScriptedEngine(["", "  "]), prompt_style="mbias", settings=DebiasSettings(candidates=2)
+    )
     [record] = debiaser.debias(["You idiot, fix the printer."])
     assert record["rewrite"] == "You idiot, fix the printer." and record["action"] == "flagged"
     [refused] = Debiaser(ScriptedEngine(["I'm sorry, I cannot help."]), prompt_style="mbias").debias(["x y"])
@@ -144,7 +149,9 @@ def test_debiaser_never_returns_empty():
 
 def test_debiaser_screens_and_chooses_safest_candidate():
     engine = ScriptedEngine(["you idiot fix the printer", "please fix the printer", "cats"])
-    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias", settings=DebiasSettings(candidates=3))
+    debiaser = Debiaser(
+        engine, judge=FixedJudge(), prompt_style="mbias", settings=DebiasSettings(candidates=3)
+    )
     clean, toxic = debiaser.debias(["The printer is broken.", "you idiot fix the printer"])
     assert clean["action"] == "kept" and clean["rewrite"] == clean["text"]
     assert toxic["action"] == "rewritten" and toxic["rewrite"] == "please fix the printer"
@@ -153,7 +160,9 @@ def test_debiaser_screens_and_chooses_safest_candidate():
 
 
 def test_debiaser_flags_empty_and_too_long_inputs():
-    debiaser = Debiaser(ScriptedEngine(["ok"]), prompt_style="mbias", settings=DebiasSettings(max_input_tokens=20))
+    debiaser = Debiaser(
+        ScriptedEngine(["ok"]), prompt_style="mbias", settings=DebiasSettings(max_input_tokens=20)
+    )
     empty, long, fine = debiaser.debias(["  ", "word " * 400, "short text"])
     assert empty["action"] == "flagged" and "empty" in empty["reason"]
     assert long["action"] == "flagged" and "limit" in long["reason"]

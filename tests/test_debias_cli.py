@@ -34,7 +34,7 @@ def test_text_and_stdin_modes(engine):
     assert single.returncode == 0, single.stderr
     record = json.loads(single.stdout)
     assert record["text"] == "Some rude text" and record["rewrite"].strip()
-    piped = run_cli("debias", *engine, "-", stdin="first line\n\nsecond line\n".encode())
+    piped = run_cli("debias", *engine, "-", stdin=b"first line\n\nsecond line\n")
     assert piped.returncode == 0, piped.stderr
     assert len(piped.stdout.decode().strip().splitlines()) == 2
 
@@ -43,7 +43,9 @@ def test_file_mode_writes_every_row_with_fields(tmp_path, engine):
     source = tmp_path / "in.csv"
     source.write_text("biased_text,group\nalpha text,women\nbeta text,age\n", encoding="utf-8")
     out = tmp_path / "out.jsonl"
-    result = run_cli("debias", *engine, "--input", str(source), "--output", str(out), "--column", "biased_text")
+    result = run_cli(
+        "debias", *engine, "--input", str(source), "--output", str(out), "--column", "biased_text"
+    )
     assert result.returncode == 0, result.stderr
     rows = read_records(out)
     assert [r["text"] for r in rows] == ["alpha text", "beta text"]
@@ -53,9 +55,23 @@ def test_file_mode_writes_every_row_with_fields(tmp_path, engine):
 
 def test_resume_after_killed_run_loses_and_duplicates_nothing(tmp_path, engine):
     source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": f"r{i}", "text": f"text number {i}"}) + "\n" for i in range(40)))
+    source.write_text(
+        "".join(json.dumps({"id": f"r{i}", "text": f"text number {i}"}) + "\n" for i in range(40))
+    )
     out = tmp_path / "out.jsonl"
-    args = [sys.executable, "-m", "mbias.cli", "debias", *engine, "--batch-size", "2", "-i", str(source), "-o", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "mbias.cli",
+        "debias",
+        *engine,
+        "--batch-size",
+        "2",
+        "-i",
+        str(source),
+        "-o",
+        str(out),
+    ]
     proc = subprocess.Popen(args, env={**os.environ, "MBIAS_JUDGE": "none"}, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):

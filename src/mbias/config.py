@@ -64,7 +64,7 @@ def registry() -> dict[str, ModelEntry]:
         "mbias-7b": ModelEntry(
             spec="hf:newsmediabias/MBIAS",
             prompt_style="mistral-inst",
-            description="the paper's released MBIAS model (Mistral-7B-Instruct-v0.2 fine-tune; hub access needed)",
+            description="the paper's MBIAS model (Mistral-7B-Instruct-v0.2 fine-tune; needs hub access)",
         ),
         "mistral-7b-instruct": ModelEntry(
             spec="hf:mistralai/Mistral-7B-Instruct-v0.2",

@@ -50,7 +50,9 @@ class Debiaser:
         settings: DebiasSettings | None = None,
     ):
         entry = config.resolve(engine if isinstance(engine, str) else config.default_engine_spec())
-        self.engine: Engine = engine if engine is not None and not isinstance(engine, str) else load_engine(entry.spec)
+        self.engine: Engine = (
+            engine if engine is not None and not isinstance(engine, str) else load_engine(entry.spec)
+        )
         self.prompt_style = prompt_style or entry.prompt_style
         self.judge: Judge | None = load_judge(judge) if isinstance(judge, str) else judge
         self.settings = settings or DebiasSettings()
@@ -131,7 +133,9 @@ class Debiaser:
         if len(candidates) > 1:
             record["candidates"] = candidates
         if not usable:
-            record.update(rewrite=record["text"], action="flagged", reason="no usable rewrite (empty or refusal)")
+            record.update(
+                rewrite=record["text"], action="flagged", reason="no usable rewrite (empty or refusal)"
+            )
             return
         if self.judge is None:
             unchanged = " ".join(usable[0].split()) == " ".join(record["text"].split())

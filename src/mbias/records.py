@@ -24,7 +24,9 @@ Record = dict[str, Any]
 def file_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise MbiasError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv, .jsonl or .parquet")
+        raise MbiasError(
+            f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .tsv, .jsonl or .parquet"
+        )
     return FORMATS[suffix]
 
 
@@ -62,7 +64,9 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             )
         return [{k: _clean_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
     except UnicodeDecodeError as exc:
-        raise MbiasError(f"{path}: not UTF-8 text (bad byte at position {exc.start}); re-encode it as UTF-8") from None
+        raise MbiasError(
+            f"{path}: not UTF-8 text (bad byte at position {exc.start}); re-encode it as UTF-8"
+        ) from None
     except MbiasError:
         raise
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
@@ -135,7 +139,9 @@ def texts_to_records(texts: Iterable[str]) -> list[Record]:
 
 def _flat(record: Record) -> dict[str, Any]:
     """CSV and Parquet cells hold scalars: nested values become JSON strings."""
-    return {k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in record.items()}
+    return {
+        k: json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v for k, v in record.items()
+    }
 
 
 class RecordWriter:
@@ -148,12 +154,16 @@ class RecordWriter:
     def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
         self.format = file_format(self.path)
-        self.sink = self.path.with_name(self.path.name + ".partial.jsonl") if self.format == "parquet" else self.path
+        self.sink = (
+            self.path.with_name(self.path.name + ".partial.jsonl") if self.format == "parquet" else self.path
+        )
         self.done_ids: set[str] = set()
         if resume:
             self.done_ids = {str(r["id"]) for r in self._existing()}
         elif self.path.exists() or (self.sink != self.path and self.sink.exists()):
-            raise MbiasError(f"{self.path}: already exists; pass --resume to continue it or choose another --output")
+            raise MbiasError(
+                f"{self.path}: already exists; pass --resume to continue it or choose another --output"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = None
         self._csv: csv.DictWriter | None = None
@@ -184,7 +194,9 @@ class RecordWriter:
             if self._csv is None:
                 self._fields = self._csv_header() or list(row.keys())
                 delimiter = "\t" if self.format == "tsv" else ","
-                self._csv = csv.DictWriter(self._handle, fieldnames=self._fields, extrasaction="ignore", delimiter=delimiter)
+                self._csv = csv.DictWriter(
+                    self._handle, fieldnames=self._fields, extrasaction="ignore", delimiter=delimiter
+                )
                 if self.sink.stat().st_size == 0:
                     self._csv.writeheader()
             self._csv.writerow(row)

@@ -19,11 +19,21 @@ SHOWN_FIELDS = ("id", "text", "rewrite", "action", "reason", "toxicity", "bias",
 
 
 def debias(
-    text: Annotated[str | None, typer.Argument(help="Text to rewrite, or '-' for one text per stdin line.")] = None,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="CSV, TSV, JSONL or Parquet file.")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Where to write (default: INPUT.debiased.EXT).")] = None,
-    column: Annotated[str | None, typer.Option("--column", "-c", help="Text column (default: text or biased_text).")] = None,
-    engine: Annotated[str, typer.Option(help="Short name or spec: mbias-270m, mbias-7b, hf:..., openai:URL#MODEL.")] = "",
+    text: Annotated[
+        str | None, typer.Argument(help="Text to rewrite, or '-' for one text per stdin line.")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="CSV, TSV, JSONL or Parquet file.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Where to write (default: INPUT.debiased.EXT).")
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option("--column", "-c", help="Text column (default: text or biased_text).")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="Short name or spec: mbias-270m, mbias-7b, hf:..., openai:URL#MODEL.")
+    ] = "",
     judge: Annotated[str, typer.Option(help="'embedded', 'llm:SPEC', 'none', or '' for the default.")] = "",
     prompt_style: Annotated[str | None, typer.Option(help="Override the model's prompt style.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,

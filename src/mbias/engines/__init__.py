@@ -39,7 +39,9 @@ def load_engine(spec: str, **options: Any) -> Engine:
     """Build the engine a spec names; raises MbiasError with a one-line reason when it cannot."""
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise MbiasError(f"unknown engine spec {spec!r}; expected hf:..., openai:URL#MODEL, vllm:... or a short name")
+        raise MbiasError(
+            f"unknown engine spec {spec!r}; expected hf:..., openai:URL#MODEL, vllm:... or a short name"
+        )
     if scheme == "hf":
         from mbias.engines.hf import HFEngine
 

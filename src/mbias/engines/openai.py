@@ -51,7 +51,9 @@ class OpenAIEngine:
     def from_spec(cls, rest: str, **options: Any) -> OpenAIEngine:
         base_url, _, model = rest.partition("#")
         if not base_url.startswith(("http://", "https://")):
-            raise MbiasError(f"openai engine needs a URL, e.g. openai:http://127.0.0.1:8000/v1#MODEL (got {rest!r})")
+            raise MbiasError(
+                f"openai engine needs a URL, e.g. openai:http://127.0.0.1:8000/v1#MODEL (got {rest!r})"
+            )
         return cls(base_url, model or None, **options)
 
     def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
@@ -67,7 +69,9 @@ class OpenAIEngine:
                         return response.json()
                     except ValueError:
                         raise MbiasError(f"{self.base_url}{path} answered with non-JSON content") from None
-                last_error = f"{self.base_url}{path} answered HTTP {response.status_code}: {response.text[:200]}"
+                last_error = (
+                    f"{self.base_url}{path} answered HTTP {response.status_code}: {response.text[:200]}"
+                )
                 if response.status_code not in RETRY_STATUS:
                     break
             if attempt < self.retries:
