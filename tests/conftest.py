@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,3 +75,41 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never write to the user's cache, except the converted embedded model (shared, slow to make)."""
     monkeypatch.setenv("MBIAS_JUDGE", os.environ.get("MBIAS_TEST_JUDGE", "none"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def chat_server():
+    """A real OpenAI-compatible server on loopback; the first chat request fails with 503."""
+    app = FastAPI()
+    seen = {"chat": 0, "auth": None}
+
+    @app.get("/v1/models")
+    def models():
+        return {"data": [{"id": "tiny-chat"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        seen["chat"] += 1
+        seen["auth"] = request.headers.get("authorization")
+        if seen["chat"] == 1:
+            return JSONResponse({"error": "warming up"}, status_code=503)
+        body = await request.json()
+        text = body["messages"][0]["content"].split("\n")[-1]
+        choices = [{"message": {"role": "assistant", "content": f"Here is a debiased version: calm {text}"}}]
+        return {"choices": choices * body.get("n", 1)}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1", seen
+    server.should_exit = True
+    thread.join(timeout=5)

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from mbias.engines import load_engine
 from mbias.errors import MbiasError
@@ -45,44 +38,6 @@ def test_bad_specs_fail_clearly(spec, message):
         load_engine(spec)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def chat_server():
-    """A real OpenAI-compatible server on loopback; the first chat request fails with 503."""
-    app = FastAPI()
-    seen = {"chat": 0, "auth": None}
-
-    @app.get("/v1/models")
-    def models():
-        return {"data": [{"id": "tiny-chat"}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        seen["chat"] += 1
-        seen["auth"] = request.headers.get("authorization")
-        if seen["chat"] == 1:
-            return JSONResponse({"error": "warming up"}, status_code=503)
-        body = await request.json()
-        text = body["messages"][0]["content"].split("\n")[-1]
-        choices = [{"message": {"role": "assistant", "content": f"Here is a debiased version: calm {text}"}}]
-        return {"choices": choices * body.get("n", 1)}
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", seen
-    server.should_exit = True
-    thread.join(timeout=5)
-
-
 def test_openai_engine_retries_and_discovers_model(chat_server, monkeypatch):
     from mbias.intervene import Debiaser
 
@@ -98,6 +53,8 @@ def test_openai_engine_retries_and_discovers_model(chat_server, monkeypatch):
 
 
 def test_openai_engine_unreachable_server_is_one_line_error():
+    from tests.conftest import free_port
+
     port = free_port()  # nothing listens there
     with pytest.raises(MbiasError, match="cannot reach") as info:
         load_engine(f"openai:http://127.0.0.1:{port}/v1#m", retries=1, backoff=0.01).generate(["x"])

@@ -56,7 +56,8 @@ class OpenAIEngine:
             )
         return cls(base_url, model or None, **options)
 
-    def _request(self, method: str, path: str, payload: dict | None = None) -> dict:
+    def request(self, method: str, path: str, payload: dict | None = None) -> dict:
+        """One API call with retries; the guard proxy forwards whole chat requests through it."""
         last_error = ""
         for attempt in range(self.retries + 1):
             try:
@@ -79,7 +80,7 @@ class OpenAIEngine:
         raise MbiasError(last_error)
 
     def _first_model(self) -> str:
-        models = self._request("GET", "/models").get("data") or []
+        models = self.request("GET", "/models").get("data") or []
         if not models:
             raise MbiasError(f"{self.base_url} lists no models; name one as openai:URL#MODEL")
         return models[0]["id"]
@@ -93,7 +94,7 @@ class OpenAIEngine:
             "n": n,
             "stop": [s for s in STOP_STRINGS if s.strip()][:4],
         }
-        choices = self._request("POST", "/chat/completions", payload).get("choices") or []
+        choices = self.request("POST", "/chat/completions", payload).get("choices") or []
         texts = [(c.get("message") or {}).get("content") or "" for c in choices]
         return (texts + [""] * n)[:n]
 

@@ -1,0 +1,58 @@
+"""`mbias serve`: the debias HTTP API, and a guard proxy in front of any OpenAI-compatible LLM."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from mbias import config
+from mbias.errors import MbiasError
+
+
+def serve(
+    engine: Annotated[str, typer.Option(help="Rewriter: short name or engine spec.")] = "",
+    judge: Annotated[str, typer.Option(help="'embedded', 'llm:SPEC', 'none', or '' for the default.")] = "",
+    upstream: Annotated[
+        str | None, typer.Option(help="Guard mode: the LLM to protect, as openai:URL#MODEL.")
+    ] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token: Annotated[
+        str | None, typer.Option(help="Require this bearer token (default: env MBIAS_SERVE_TOKEN).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most texts merged into one model call.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for company.")] = 10.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
+) -> None:
+    """Serve POST /v1/debias and, with --upstream, an OpenAI-compatible guarded /v1/chat/completions."""
+    import uvicorn
+
+    from mbias.engines import load_engine
+    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.serve.app import create_app
+
+    guard = None
+    if upstream:
+        if not upstream.startswith("openai:"):
+            raise MbiasError("--upstream must be an OpenAI-compatible server: openai:URL#MODEL")
+        guard = load_engine(upstream)
+    chosen_judge = judge or config.default_judge()
+    debiaser = Debiaser(
+        engine or config.default_engine_spec(),
+        judge=None if chosen_judge in (None, "none") else chosen_judge,
+        settings=DebiasSettings(batch_size=max_batch, max_new_tokens=max_new_tokens),
+    )
+    app = create_app(
+        debiaser,
+        upstream=guard,
+        token=token or os.environ.get("MBIAS_SERVE_TOKEN"),
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,1 @@
+"""HTTP service: a debias API and an OpenAI-compatible guard proxy in front of any LLM."""

@@ -1,0 +1,75 @@
+"""Micro-batching: concurrent HTTP requests share one model call.
+
+A CPU or GPU model is far faster on a batch than on texts one at a time (docs/RESULTS.md), so
+requests arriving within a few milliseconds of each other are merged, run through the Debiaser on
+one worker thread (the model is never called concurrently), and answered individually.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
+from mbias.intervene import Debiaser
+from mbias.records import Record
+
+
+class MicroBatcher:
+    def __init__(self, debiaser: Debiaser, max_batch: int = 16, max_wait_ms: float = 10.0):
+        self.debiaser = debiaser
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.queue: asyncio.Queue[tuple[Record, asyncio.Future]] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mbias-model")
+        self.worker: asyncio.Task | None = None
+        self.batches_run = 0
+
+    async def start(self) -> None:
+        self.worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.worker:
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
+        self.executor.shutdown(wait=False)
+
+    async def submit(self, records: list[Record]) -> list[Record]:
+        loop = asyncio.get_running_loop()
+        futures = []
+        for record in records:
+            future = loop.create_future()
+            futures.append(future)
+            await self.queue.put((record, future))
+        return list(await asyncio.gather(*futures))
+
+    async def _collect(self) -> list[tuple[Record, asyncio.Future]]:
+        items = [await self.queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while len(items) < self.max_batch:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return items
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._collect()
+            records = [record for record, _ in items]
+            try:
+                results = await loop.run_in_executor(self.executor, self.debiaser.process_batch, records)
+            except Exception as exc:  # one bad batch must not kill the service
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches_run += 1
+            for (_, future), result in zip(items, results):
+                if not future.done():
+                    future.set_result(result)

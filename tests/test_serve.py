@@ -1,0 +1,91 @@
+"""The HTTP service and the guard proxy, through a real ASGI client and a real upstream server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mbias.engines import load_engine
+from mbias.intervene import Debiaser
+from mbias.serve.app import create_app
+from tests.test_core import FixedJudge, ScriptedEngine
+
+
+class CountingEngine(ScriptedEngine):
+    """Records how many prompts each model call carried, to see requests merged into batches."""
+
+    def __init__(self):
+        super().__init__(["please fix the printer"])
+        self.lock = threading.Lock()
+
+    def generate(self, prompts, **kwargs):
+        with self.lock:
+            return super().generate(prompts, **kwargs)
+
+
+def make_client(engine=None, **kwargs) -> TestClient:
+    debiaser = Debiaser(engine or CountingEngine(), judge=FixedJudge(), prompt_style="mbias")
+    return TestClient(create_app(debiaser, **kwargs))
+
+
+def test_debias_endpoint_rewrites_only_unsafe_text():
+    with make_client() as client:
+        response = client.post(
+            "/v1/debias", json={"texts": ["the printer is slow", "you idiot fix the printer"]}
+        )
+        assert response.status_code == 200
+        clean, toxic = response.json()["results"]
+        assert clean["action"] == "kept" and clean["rewrite"] == "the printer is slow"
+        assert toxic["action"] == "rewritten" and toxic["rewrite"] == "please fix the printer"
+        assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "body", [{}, {"text": "a", "texts": ["b"]}, {"texts": []}, {"text": "x" * 20_001}, {"texts": ["a"] * 300}]
+)
+def test_bad_requests_are_422(body):
+    with make_client() as client:
+        assert client.post("/v1/debias", json=body).status_code == 422
+
+
+def test_token_required_when_configured():
+    with make_client(token="s3cret") as client:
+        assert client.post("/v1/debias", json={"text": "hi"}).status_code == 401
+        ok = client.post("/v1/debias", json={"text": "hi"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_concurrent_requests_share_model_calls():
+    engine = CountingEngine()
+    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias")
+    app = create_app(debiaser, max_batch=16, max_wait_ms=200)
+
+    async def scenario():
+        await app.state.batcher.start()
+        try:
+            records = [[{"id": "0", "text": f"you idiot number {i}"}] for i in range(8)]
+            return await asyncio.gather(*(app.state.batcher.submit(r) for r in records))
+        finally:
+            await app.state.batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert [r[0]["text"] for r in results] == [f"you idiot number {i}" for i in range(8)]
+    assert len(engine.calls) < 8 and sum(len(c) for c in engine.calls) == 8
+
+
+def test_guard_proxy_rewrites_upstream_answers(chat_server):
+    url, _ = chat_server
+    upstream = load_engine(f"openai:{url}", backoff=0.01)
+    rewriter = ScriptedEngine(["a calm debiased version of you"])
+    with make_client(rewriter, upstream=upstream) as client:
+        body = {"messages": [{"role": "user", "content": "you idiot"}], "n": 1}
+        answer = client.post("/v1/chat/completions", json=body).json()
+        choice = answer["choices"][0]  # upstream said "Here is a debiased version: calm you idiot"
+        assert choice["message"]["content"] == "a calm debiased version of you"
+        assert choice["mbias"]["action"] == "rewritten"
+        assert client.post("/v1/chat/completions", json={**body, "stream": True}).status_code == 400
+    with make_client() as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 404
