@@ -1,0 +1,102 @@
+"""`mbias score`: toxicity and bias probabilities, and 0/1 labels, from the embedded judge."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mbias.commands.common import console, default_output, progress_bar, rate_text, read_stdin_lines
+from mbias.errors import MbiasError
+from mbias.records import Record, RecordWriter, iter_pending, read_records, texts_to_records
+
+BATCH = 64
+
+
+def score(
+    text: Annotated[
+        str | None, typer.Argument(help="Text to score, or '-' for one text per stdin line.")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="CSV, TSV, JSONL or Parquet file.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Where to write (default: INPUT.scored.EXT).")
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option("--column", "-c", help="Text column (default: text or biased_text).")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="text or json (for TEXT and stdin).")] = "text",
+    heads: Annotated[
+        Path | None, typer.Option(help="Use these heads.json instead of the shipped ones.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
+) -> None:
+    """Score texts for toxicity and bias with the offline embedded judge."""
+    if (text is None) == (input is None):
+        raise MbiasError("give either a TEXT argument (or '-') or --input FILE")
+    if format not in ("text", "json"):
+        raise MbiasError(f"--format must be text or json, not {format!r}")
+    if input is None:
+        records = texts_to_records(read_stdin_lines() if text == "-" else [text])
+        if not records[0]["text"].strip():
+            raise MbiasError("the text is empty")
+    else:
+        records = read_records(input, column)
+
+    from mbias.judges.embedded import EmbeddedJudge
+
+    judge = EmbeddedJudge(heads)
+    if input is None:
+        for record in score_records(judge, records):
+            typer.echo(json.dumps(record, ensure_ascii=False) if format == "json" else _line(record))
+        return
+    destination = output or str(default_output(input, "scored"))
+    with RecordWriter(destination, resume=resume) as writer:
+        pending = list(iter_pending(records, writer.done_ids))
+        start = time.perf_counter()
+        with progress_bar("score") as progress:
+            task = progress.add_task("score", total=len(pending), rate="")
+            for offset in range(0, len(pending), BATCH):
+                for record in score_records(judge, pending[offset : offset + BATCH]):
+                    writer.write(record)
+                done = min(offset + BATCH, len(pending))
+                progress.update(task, completed=done, rate=rate_text(done, time.perf_counter() - start))
+    console.print(f"wrote {destination}: {len(pending)} rows scored")
+
+
+def score_records(judge: Any, records: list[Record]) -> list[Record]:
+    """Each record plus ``toxicity``, ``bias`` and their 0/1 ``*_label``; blank texts get an ``error``."""
+    usable = [r for r in records if r["text"].strip()]
+    scores = iter(judge.score([r["text"] for r in usable]))
+    scored = []
+    for record in records:
+        record = dict(record)
+        if record["text"].strip():
+            values = next(scores)
+            record.update({k: round(v, 4) for k, v in values.items()})
+            record.update({f"{k}_label": v for k, v in judge.labels(values).items()})
+            record["error"] = None
+        else:
+            record.update(
+                {k: None for k in judge.thresholds}, **{f"{k}_label": None for k in judge.thresholds}
+            )
+            record["error"] = "empty text"
+        scored.append(record)
+    return scored
+
+
+def _line(record: Record) -> str:
+    words = {"toxicity": ("toxic", "not toxic"), "bias": ("biased", "not biased")}
+    parts = []
+    for head, (yes, no) in words.items():
+        if head in record:
+            parts.append(f"{head} {record[head]:.3f} ({yes if record[f'{head}_label'] else no})")
+    return "  ".join(parts)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)

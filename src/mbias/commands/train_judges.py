@@ -1,0 +1,106 @@
+"""`mbias train-judges`: train the embedded toxicity and bias heads, validate, calibrate, save."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mbias import config
+from mbias.commands.common import console, progress_bar, rate_text
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_PAIRS = REPO_ROOT / "data" / "bias"
+
+
+def train_judges(
+    data: Annotated[
+        Path, typer.Option(help="The shared data folder (paradetox/, toxigen-prompts/, babe/, ...).")
+    ] = DEFAULT_DATA,
+    pairs: Annotated[
+        Path, typer.Option(help="Folder of the project's bias pairs (*.jsonl); used if present.")
+    ] = DEFAULT_PAIRS,
+    output: Annotated[Path, typer.Option(help="Where heads.json and heads.npz go.")] = config.JUDGE_ASSETS,
+) -> None:
+    """Train the judge heads on frozen all-MiniLM-L6-v2 embeddings, then calibrate them on mbias-test."""
+    from mbias.judges.calibrate import calibrate, gpt_labels
+    from mbias.judges.embedding_cache import EmbeddingCache
+    from mbias.judges.encoder import ENCODER_NAME
+    from mbias.judges.heads import HeadSet
+    from mbias.judges.train_data import head_pools
+    from mbias.judges.train_heads import evaluate, train_head
+
+    pools, dropped = head_pools(data, pairs)
+    cache = EmbeddingCache()
+    every_text = [e.text for pool in pools.values() for e in pool] + [
+        j.text for j in gpt_labels(data / "mbias-test")
+    ]
+    _embed_with_progress(cache, every_text)
+
+    trained = {}
+    for name, examples in pools.items():
+        console.print(f"[bold]{name}[/]: {len(examples)} texts")
+        trained[name] = train_head(examples, cache.embed, log=console.print)
+    heads = HeadSet(heads={n: t.head for n, t in trained.items()}, encoder=ENCODER_NAME)
+    calibration = calibrate(heads, data / "mbias-test", cache.embed)
+
+    report: dict[str, Any] = {}
+    for name, result in trained.items():
+        valid = [e for e in pools[name] if e.heldout]
+        features = cache.embed([e.text for e in valid])
+        report[name] = {
+            "model": result.chosen,
+            "candidates_macro_roc_auc": result.candidates,
+            "counts": result.counts,
+            "dropped": dropped[name],
+            "validation_at_0.5": result.validation,
+            "validation_at_threshold": evaluate(result.head, features, valid, result.head.threshold),
+        }
+    heads.metadata = {
+        "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "training": {
+            "split": "mbias.splits.is_heldout(text): held-out texts validate, the rest train",
+            "balancing": "source weight ~ sqrt(source size), classes equal within a source",
+            "selection": "best validation macro ROC-AUC over sources among the candidates",
+            "sources": {
+                "toxicity": "ParaDetox toxic + toxic cannot-rewrite comments (1) vs neutral refs (0); "
+                "ToxiGen hate (1) vs neutral (0)",
+                "bias": "ToxiGen hate (1) vs neutral (0); BABE SG2 Biased (1) vs Non-biased (0); "
+                "data/bias pairs: rewritten biased_text (1), debiased_text and kept texts (0)",
+            },
+        },
+        "validation": report,
+        "calibration": calibration,
+    }
+    path = heads.save(output)
+    for name in trained:
+        valid, cal = report[name]["validation_at_threshold"], calibration[name]
+        console.print(
+            f"{name}: {report[name]['model']}, threshold {heads.heads[name].threshold}; validation "
+            f"ROC-AUC {valid['all']['roc_auc']} F1 {valid['all']['f1']} acc {valid['all']['accuracy']}; "
+            f"vs GPT labels "
+            f"ROC-AUC {cal['at_threshold']['roc_auc']} acc {cal['at_threshold']['accuracy']}"
+        )
+    size = sum(p.stat().st_size for p in output.iterdir() if p.name.startswith("heads."))
+    console.print(f"wrote {path} ({size / 1024:.0f} KiB with weights)")
+
+
+def _embed_with_progress(cache: Any, texts: list[str]) -> None:
+    start = time.perf_counter()
+    with progress_bar("embed") as progress:
+        task = progress.add_task("embed", total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            progress.update(
+                task, completed=done, total=total, rate=rate_text(done, time.perf_counter() - start)
+            )
+
+        cache.embed(texts, on_progress=update)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-judges")(train_judges)

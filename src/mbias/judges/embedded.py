@@ -1,0 +1,75 @@
+"""The offline judge: a sentence encoder, classifier heads for toxicity and bias, cosine similarity.
+
+Everything a call needs comes from one encoder pass over its distinct texts. The Debiaser scores
+a candidate and then measures its similarity to the source, so a small memo of recent embeddings
+saves encoding the same text twice across those calls.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from mbias import config
+from mbias.errors import MbiasError
+from mbias.judges.encoder import encode
+from mbias.judges.heads import HeadSet
+
+HEADS_PATH = config.JUDGE_ASSETS / "heads.json"
+MEMO_SIZE = 4096
+
+
+class EmbeddedJudge:
+    """Implements the :class:`mbias.judges.Judge` protocol with the shipped heads."""
+
+    def __init__(self, heads_path: str | Path | None = None, heads: HeadSet | None = None):
+        self.heads = heads if heads is not None else HeadSet.load(Path(heads_path or HEADS_PATH))
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {name: head.threshold for name, head in self.heads.heads.items()}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """One unit-length row per text; each distinct text not in the memo is encoded once."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if missing:
+            for text, vector in zip(missing, encode(missing)):
+                self._memo[text] = vector
+            while len(self._memo) > MEMO_SIZE:
+                self._memo.popitem(last=False)
+        rows = []
+        for text in texts:
+            vector = self._memo.get(text)
+            if vector is None:  # evicted within this very call (more distinct texts than the memo holds)
+                vector = encode([text])[0]
+            else:
+                self._memo.move_to_end(text)
+            rows.append(vector)
+        return np.stack(rows) if rows else encode([])
+
+    def score_embeddings(self, embeddings: np.ndarray) -> list[dict[str, float]]:
+        columns = {name: head.predict_proba(embeddings) for name, head in self.heads.heads.items()}
+        return [{name: float(values[i]) for name, values in columns.items()} for i in range(len(embeddings))]
+
+    def score(self, texts: list[str]) -> list[dict[str, float]]:
+        """Per text: ``{"toxicity": p, "bias": p}``."""
+        return self.score_embeddings(self.embed(list(texts)))
+
+    def similarity(self, sources: list[str], outputs: list[str]) -> list[float]:
+        """Cosine similarity of each source with its output (meaning retained)."""
+        if len(sources) != len(outputs):
+            raise MbiasError(f"similarity needs pairs: {len(sources)} sources but {len(outputs)} outputs")
+        vectors = self.embed(list(sources) + list(outputs))
+        left, right = vectors[: len(sources)], vectors[len(sources) :]
+        return [float(v) for v in np.clip(np.sum(left * right, axis=1), -1.0, 1.0)]
+
+    def labels(self, scores: dict[str, float]) -> dict[str, int]:
+        """0/1 per head at its calibrated threshold."""
+        return {name: int(scores[name] >= threshold) for name, threshold in self.thresholds.items()}
+
+    def is_unsafe(self, scores: dict[str, float]) -> bool:
+        """True when any head's score is at or above that head's calibrated threshold."""
+        return any(self.labels(scores).values())

@@ -1,0 +1,85 @@
+"""Classifier heads on frozen sentence embeddings, stored as plain arrays.
+
+The heads are evaluated with numpy only (no sklearn at inference), so loading the judge costs one
+small file read and the math is easy to test. A head is a stack of affine layers: ReLU between
+them, a sigmoid at the end. Logistic regression is the one-layer case; an input scaler fitted at
+training time is folded into the first layer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mbias.errors import MbiasError
+
+WEIGHTS_FILE = "heads.npz"
+
+
+@dataclass
+class Head:
+    """One binary classifier: layers of (weight [in, out], bias [out]) and a decision threshold."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]
+    threshold: float = 0.5
+    kind: str = "logreg"
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        hidden = np.asarray(embeddings, dtype=np.float32)
+        for index, (weight, bias) in enumerate(self.layers):
+            hidden = hidden @ weight + bias
+            if index < len(self.layers) - 1:
+                hidden = np.maximum(hidden, 0.0)
+        return hidden.reshape(-1)
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        """Probability of the positive class (toxic / biased) per row."""
+        z = np.clip(self.logits(embeddings), -60.0, 60.0)
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass
+class HeadSet:
+    """The shipped heads plus what was measured when they were made (kept next to the weights)."""
+
+    heads: dict[str, Head]
+    encoder: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: Path) -> Path:
+        """Write ``heads.json`` (thresholds, metadata, metrics) and ``heads.npz`` (weights)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        described = {}
+        for name, head in self.heads.items():
+            for index, (weight, bias) in enumerate(head.layers):
+                arrays[f"{name}.W{index}"] = weight.astype(np.float32)
+                arrays[f"{name}.b{index}"] = bias.astype(np.float32)
+            described[name] = {"kind": head.kind, "n_layers": len(head.layers), "threshold": head.threshold}
+        np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
+        document = {"encoder": self.encoder, "weights": WEIGHTS_FILE, "heads": described, **self.metadata}
+        path = directory / "heads.json"
+        path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> HeadSet:
+        if not path.exists():
+            raise MbiasError(f"{path}: no judge heads found; run 'mbias train-judges' first")
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            weights = np.load(path.parent / document.get("weights", WEIGHTS_FILE))
+            heads = {}
+            for name, spec in document["heads"].items():
+                layers = [
+                    (weights[f"{name}.W{i}"], weights[f"{name}.b{i}"]) for i in range(int(spec["n_layers"]))
+                ]
+                heads[name] = Head(layers=layers, threshold=float(spec["threshold"]), kind=spec["kind"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise MbiasError(f"{path}: unreadable judge heads ({exc}); re-run 'mbias train-judges'") from None
+        metadata = {k: v for k, v in document.items() if k not in ("encoder", "weights", "heads")}
+        return cls(heads=heads, encoder=document["encoder"], metadata=metadata)

@@ -1,0 +1,133 @@
+"""Labelled texts for the judge heads, read from the shared datasets and the project's bias pairs.
+
+Each example keeps its source so training can balance sources and validation can report per
+source. Texts of the paper's test set (mbias-test) are removed from every pool: it is used for
+calibration only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mbias.errors import MbiasError
+from mbias.splits import is_heldout, normalise
+
+HEADS = ("toxicity", "bias")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int  # 1 = toxic / biased
+    source: str
+
+    @property
+    def heldout(self) -> bool:
+        return is_heldout(self.text)
+
+
+def _rows(path: Path, delimiter: str, encoding: str = "utf-8") -> Iterator[dict[str, str]]:
+    if not path.exists():
+        raise MbiasError(f"{path}: missing; pass --data pointing at the shared data folder")
+    with path.open(encoding=encoding, newline="") as handle:
+        yield from csv.DictReader(handle, delimiter=delimiter)
+
+
+def paradetox(data: Path) -> Iterator[Example]:
+    """Toxic sentences and crowd-confirmed toxic 'cannot rewrite' comments (1) vs neutral references (0)."""
+    for row in _rows(data / "paradetox" / "paradetox_train.tsv", "\t"):
+        yield Example(row["toxic"], 1, "paradetox")
+        for column in ("neutral1", "neutral2", "neutral3"):
+            if row.get(column, "").strip():
+                yield Example(row[column], 0, "paradetox")
+    for row in _rows(data / "paradetox" / "paradetox_cannot_rewrite.tsv", "\t"):
+        reasons = json.loads(row["OUTPUT:reasons"] or "{}")
+        # only comments a worker called toxic; "not_toxic" and "unclear" ones carry no reliable label
+        if reasons.get("toxic_content") and not reasons.get("not_toxic"):
+            yield Example(row["INPUT:toxic_comment"].strip().strip('"'), 1, "paradetox")
+
+
+def toxigen(data: Path) -> Iterator[Example]:
+    """Human-written implicit hate (1) vs neutral (0) statements about 16 groups."""
+    for row in _rows(data / "toxigen-prompts" / "toxigen_statements.csv", ","):
+        yield Example(row["text"], int(row["label"] == "hate"), "toxigen")
+
+
+def babe(data: Path) -> Iterator[Example]:
+    """BABE (expert group 2) news sentences: Biased (1) vs Non-biased (0)."""
+    labels = {"Biased": 1, "Non-biased": 0}
+    for row in _rows(data / "babe" / "final_labels_SG2.csv", ";", encoding="utf-8-sig"):
+        if row["label_bias"] in labels:
+            yield Example(row["text"], labels[row["label_bias"]], "babe")
+
+
+def bias_pairs(directory: Path) -> Iterator[Example]:
+    """The project's own pairs: rewritten biased texts (1), their rewrites and kept texts (0).
+
+    The files are written while other work goes on, so a half-written last line is skipped.
+    """
+    for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or not str(row.get("biased_text") or "").strip():
+                continue
+            if row.get("action") == "rewrite" and str(row.get("debiased_text") or "").strip():
+                yield Example(row["biased_text"], 1, "bias-pairs")
+                yield Example(row["debiased_text"], 0, "bias-pairs")
+            elif row.get("action") == "keep":
+                yield Example(row["biased_text"], 0, "bias-pairs")
+
+
+def test_set_texts(data: Path) -> set[str]:
+    """Normalised texts of the paper's test set (inputs and every rewrite), never to be trained on."""
+    texts: set[str] = set()
+    for path in sorted((data / "mbias-test").glob("*.csv")):
+        for row in _rows(path, ","):
+            for column in ("biased_text", "debiased_text", "unbiased_text"):
+                if (row.get(column) or "").strip():
+                    texts.add(normalise(row[column]))
+    return texts
+
+
+def clean(examples: list[Example], excluded: set[str]) -> tuple[list[Example], dict[str, int]]:
+    """Drop empty texts, test-set texts, duplicates, and texts that carry both labels."""
+    labels_of: dict[str, set[int]] = {}
+    for example in examples:
+        labels_of.setdefault(normalise(example.text), set()).add(example.label)
+    kept, seen = [], set()
+    dropped = {"empty": 0, "test_set": 0, "duplicate": 0, "conflicting_label": 0}
+    for example in examples:
+        key = normalise(example.text)
+        if not key:
+            dropped["empty"] += 1
+        elif key in excluded:
+            dropped["test_set"] += 1
+        elif len(labels_of[key]) > 1:
+            dropped["conflicting_label"] += 1
+        elif key in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(key)
+            kept.append(example)
+    return kept, dropped
+
+
+def head_pools(data: Path, pairs_dir: Path) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]]]:
+    """Examples per head, cleaned, and how many were dropped why."""
+    shared_toxigen = list(toxigen(data))
+    raw = {
+        "toxicity": list(paradetox(data)) + shared_toxigen,
+        "bias": shared_toxigen + list(babe(data)) + list(bias_pairs(pairs_dir)),
+    }
+    excluded = test_set_texts(data)
+    pools, dropped = {}, {}
+    for head, examples in raw.items():
+        pools[head], dropped[head] = clean(examples, excluded)
+    return pools, dropped

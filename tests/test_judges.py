@@ -1,0 +1,273 @@
+"""Embedded judges: head math, thresholds, storage, training helpers, calibration rule, score CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mbias.errors import MbiasError
+from mbias.judges import embedded as embedded_module
+from mbias.judges import embedding_cache as cache_module
+from mbias.judges.embedded import EmbeddedJudge
+from mbias.judges.heads import Head, HeadSet
+from mbias.judges.metrics import best_balanced_threshold, binary_metrics, rate_matching_threshold
+from mbias.judges.train_data import Example, bias_pairs, clean
+from mbias.judges.train_heads import _fold_scaler, balanced_weights
+
+DIM = 4
+
+
+def unit(index: int) -> np.ndarray:
+    vector = np.zeros(DIM, dtype=np.float32)
+    vector[index] = 1.0
+    return vector
+
+
+def linear_head(direction: int, scale: float = 10.0, bias: float = -5.0, threshold: float = 0.5) -> Head:
+    """Scores texts along one axis: logit = scale * x[direction] + bias."""
+    weight = (unit(direction) * scale).reshape(DIM, 1)
+    return Head(layers=[(weight, np.array([bias], dtype=np.float32))], threshold=threshold)
+
+
+def hand_heads(tox_threshold: float = 0.5, bias_threshold: float = 0.5) -> HeadSet:
+    return HeadSet(
+        heads={
+            "toxicity": linear_head(0, threshold=tox_threshold),
+            "bias": linear_head(1, threshold=bias_threshold),
+        },
+        encoder="fake",
+    )
+
+
+def test_logistic_head_scores_its_direction_high_and_others_low():
+    head = linear_head(0)
+    probs = head.predict_proba(np.stack([unit(0), unit(1), -unit(0)]))
+    assert probs[0] == pytest.approx(1 / (1 + np.exp(-5.0)), rel=1e-6)
+    assert probs[1] == pytest.approx(1 / (1 + np.exp(5.0)), rel=1e-6)
+    assert probs[2] < probs[1] < 0.5 < probs[0]
+
+
+def test_mlp_head_applies_relu_between_layers_only():
+    # hidden = relu([x0 - x1, x1 - x0]); logit = 2*h0 - 3*h1 - 1 (no ReLU on the output)
+    first = (np.array([[1, -1], [-1, 1], [0, 0], [0, 0]], dtype=np.float32), np.zeros(2, dtype=np.float32))
+    second = (np.array([[2], [-3]], dtype=np.float32), np.array([-1], dtype=np.float32))
+    head = Head(layers=[first, second], kind="mlp")
+    logits = head.logits(np.stack([unit(0), unit(1), np.zeros(DIM, dtype=np.float32)]))
+    assert logits.tolist() == pytest.approx([1.0, -4.0, -1.0])
+
+
+def test_folded_scaler_gives_the_same_scores_on_raw_embeddings():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(20, DIM)).astype(np.float32)
+    mean, scale = raw.mean(axis=0), raw.std(axis=0) + 1e-6
+    layers = [(rng.normal(size=(DIM, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32))]
+    layers.append((rng.normal(size=(3, 1)).astype(np.float32), np.zeros(1, dtype=np.float32)))
+    on_scaled = Head(layers=layers).predict_proba((raw - mean) / scale)
+    on_raw = Head(layers=_fold_scaler(layers, mean, scale)).predict_proba(raw)
+    assert on_raw == pytest.approx(on_scaled, abs=1e-5)
+
+
+def test_headset_round_trip_keeps_weights_thresholds_and_metadata(tmp_path):
+    heads = hand_heads(tox_threshold=0.3, bias_threshold=0.7)
+    heads.metadata = {"validation": {"toxicity": {"roc_auc": 0.9}}}
+    heads.save(tmp_path)
+    loaded = HeadSet.load(tmp_path / "heads.json")
+    assert {n: h.threshold for n, h in loaded.heads.items()} == {"toxicity": 0.3, "bias": 0.7}
+    assert loaded.metadata == heads.metadata
+    x = np.stack([unit(0), unit(1)])
+    for name in heads.heads:
+        assert loaded.heads[name].predict_proba(x) == pytest.approx(heads.heads[name].predict_proba(x))
+
+
+def test_missing_heads_is_a_user_error(tmp_path):
+    with pytest.raises(MbiasError, match="train-judges"):
+        HeadSet.load(tmp_path / "heads.json")
+
+
+def test_is_unsafe_uses_each_heads_own_threshold():
+    judge = EmbeddedJudge(heads=hand_heads(tox_threshold=0.3, bias_threshold=0.8))
+    assert judge.is_unsafe({"toxicity": 0.3, "bias": 0.0})  # at the threshold counts as unsafe
+    assert not judge.is_unsafe({"toxicity": 0.29, "bias": 0.79})
+    assert judge.is_unsafe({"toxicity": 0.0, "bias": 0.8})
+    assert judge.labels({"toxicity": 0.5, "bias": 0.5}) == {"toxicity": 1, "bias": 0}
+
+
+class CountingEncoder:
+    """Stands in for the sentence encoder: a fixed vector per text, and a log of what it encoded."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.vectors = vectors
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, DIM), np.float32)
+
+
+def test_score_and_similarity_encode_each_distinct_text_once(monkeypatch):
+    fake = CountingEncoder({"toxic": unit(0), "biased": unit(1), "plain": unit(2)})
+    monkeypatch.setattr(embedded_module, "encode", fake)
+    judge = EmbeddedJudge(heads=hand_heads())
+    scores = judge.score(["toxic", "biased", "toxic"])
+    assert fake.calls == [["toxic", "biased"]]
+    assert scores[0]["toxicity"] > 0.5 > scores[0]["bias"]
+    assert scores[1]["bias"] > 0.5 > scores[1]["toxicity"]
+    assert scores[2] == scores[0]
+    similarity = judge.similarity(["toxic", "toxic"], ["toxic", "plain"])
+    assert fake.calls[1:] == [["plain"]]  # "toxic" came from the memo
+    assert similarity == pytest.approx([1.0, 0.0])
+    with pytest.raises(MbiasError):
+        judge.similarity(["a"], [])
+
+
+def test_embedding_cache_reuses_vectors_saved_on_disk(tmp_path, monkeypatch):
+    fake = CountingEncoder({"a": unit(0), "b": unit(1)})
+    monkeypatch.setattr(cache_module, "encode", fake)
+    first = cache_module.EmbeddingCache(tmp_path).embed(["a", "b", "a"])
+    again = cache_module.EmbeddingCache(tmp_path).embed(["b", "a"])
+    assert fake.calls == [["a", "b"]]
+    assert again.tolist() == [first[1].tolist(), first[0].tolist()]
+
+
+def test_balanced_weights_equalise_classes_and_scale_sources_by_sqrt_size():
+    examples = [Example(f"p{i}", int(i < 30), "big") for i in range(100)]
+    examples += [Example(f"s{i}", int(i < 2), "small") for i in range(4)]
+    weights = balanced_weights(examples)
+    total = {}
+    for example, weight in zip(examples, weights):
+        total[(example.source, example.label)] = total.get((example.source, example.label), 0.0) + weight
+    assert total[("big", 0)] == pytest.approx(total[("big", 1)])
+    assert total[("small", 0)] == pytest.approx(total[("small", 1)])
+    assert total[("big", 1)] / total[("small", 1)] == pytest.approx(np.sqrt(100 / 4))
+
+
+def test_clean_drops_test_set_texts_duplicates_and_conflicting_labels():
+    examples = [
+        Example("Same text", 1, "a"),
+        Example("same  TEXT", 1, "b"),  # duplicate after normalisation
+        Example("both labels", 1, "a"),
+        Example("Both labels", 0, "b"),
+        Example("from the test set", 1, "a"),
+        Example("   ", 0, "a"),
+        Example("fine", 0, "a"),
+    ]
+    kept, dropped = clean(examples, excluded={"from the test set"})
+    assert [e.text for e in kept] == ["Same text", "fine"]
+    assert dropped == {"empty": 1, "test_set": 1, "duplicate": 1, "conflicting_label": 2}
+
+
+def test_bias_pairs_label_rewrites_and_keeps_and_skip_a_half_written_line(tmp_path):
+    rows = [
+        {
+            "biased_text": "old people cannot use phones",
+            "debiased_text": "some people need help with phones",
+            "action": "rewrite",
+        },
+        {
+            "biased_text": "the shop opens at nine",
+            "debiased_text": "the shop opens at nine",
+            "action": "keep",
+        },
+    ]
+    text = "\n".join(json.dumps(r) for r in rows) + '\n{"biased_text": "cut off'
+    (tmp_path / "x.jsonl").write_text(text, encoding="utf-8")
+    examples = list(bias_pairs(tmp_path))
+    assert [(e.text, e.label) for e in examples] == [
+        ("old people cannot use phones", 1),
+        ("some people need help with phones", 0),
+        ("the shop opens at nine", 0),
+    ]
+    assert list(bias_pairs(tmp_path / "absent")) == []
+
+
+def test_best_balanced_threshold_separates_separable_scores():
+    labels = np.array([0, 0, 0, 1, 1])
+    probs = np.array([0.1, 0.2, 0.3, 0.6, 0.9])
+    threshold = best_balanced_threshold(labels, probs)
+    assert 0.3 < threshold <= 0.6
+    assert binary_metrics(labels, probs, threshold)["balanced_accuracy"] == 1.0
+    figures = binary_metrics(labels, probs, 0.25)  # predicts 0.3, 0.6, 0.9 positive
+    assert figures["accuracy"] == pytest.approx(0.8)
+    assert figures["f1"] == pytest.approx(0.8)
+    assert figures["roc_auc"] == 1.0
+
+
+def test_rate_matching_threshold_flags_as_many_texts_as_the_labels():
+    labels = np.array([1, 0, 0, 1, 0, 0, 0, 0])
+    probs = np.array([0.05, 0.9, 0.2, 0.7, 0.1, 0.3, 0.01, 0.4])
+    threshold = rate_matching_threshold(labels, probs)
+    assert 0.4 < threshold <= 0.7
+    assert int((probs >= threshold).sum()) == int(labels.sum())
+    assert rate_matching_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 1.0
+
+
+def _mbias(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mbias.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        ("text\nhello\n", ["--column", "comment"], "no column 'comment'"),
+        ("", [], "cannot read"),
+        ("text\n", [], "no rows"),
+    ],
+)
+def test_score_bad_input_is_a_one_line_error_with_exit_code_2(tmp_path, content, args, message):
+    path = tmp_path / "in.csv"
+    path.write_text(content, encoding="utf-8")
+    result = _mbias("score", "--input", str(path), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "in.scored.csv").exists()
+
+
+@pytest.mark.integration
+def test_similarity_of_identical_text_is_one_and_unrelated_lower():
+    judge = EmbeddedJudge()
+    same, unrelated = judge.similarity(
+        ["Women are bad drivers.", "Women are bad drivers."],
+        ["Women are bad drivers.", "The train to Paris leaves at noon."],
+    )
+    assert same == pytest.approx(1.0, abs=1e-4)
+    assert unrelated < 0.5
+
+
+@pytest.mark.integration
+def test_score_cli_end_to_end_on_a_small_csv(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "in.csv"
+    pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "comment": [
+                "you are a stupid worthless idiot, shut up",
+                "",
+                "The library opens at nine on Mondays.",
+            ],
+        }
+    ).to_csv(path, index=False)
+    result = _mbias(
+        "score", "--input", str(path), "--column", "comment", "--output", str(tmp_path / "out.jsonl")
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", "c"]
+    insult, empty, plain = rows
+    assert empty["error"] == "empty text" and empty["toxicity"] is None
+    for row in (insult, plain):
+        assert row["error"] is None
+        assert 0.0 <= row["toxicity"] <= 1.0 and 0.0 <= row["bias"] <= 1.0
+        assert row["toxicity_label"] in (0, 1) and row["bias_label"] in (0, 1)
+    assert insult["toxicity"] > plain["toxicity"]
+    text_mode = _mbias("score", "--format", "json", "The library opens at nine on Mondays.")
+    assert text_mode.returncode == 0, text_mode.stderr
+    assert json.loads(text_mode.stdout)["toxicity"] == pytest.approx(plain["toxicity"], abs=1e-3)
