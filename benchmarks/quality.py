@@ -1,0 +1,184 @@
+"""Quality of a trained adapter against the few-shot base model, on dev texts no training step saw.
+
+Splits (all rows with ``mbias.splits.is_heldout``, which ``mbias train`` never trains on):
+  paradetox      toxic sentences of ParaDetox's training file (biased inputs)
+  bias-rewrite   the project's bias set, rows annotated "rewrite" (biased inputs)
+  bias-keep      the project's bias set, rows annotated "keep" (clean inputs)
+  toxigen-clean  ToxiGen neutral seed statements (clean inputs)
+Every text is rewritten (no screening) so the figures measure the model; the embedded judge scores
+inputs and outputs. An empty output or a refusal counts as a failure (unsafe, zero retention).
+
+    python benchmarks/quality.py --limit 100 --out quality.json
+    python benchmarks/quality.py --adapter runs/cpu-small --limit 50 --batch-size 16 --out q.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+BASE = "hf:gguf:gemma-3-270m"
+FAILED = "no usable rewrite"
+
+
+def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str]]]:
+    """name -> (kind, texts), kind "biased" or "clean"; at most ``limit`` seeded picks per split."""
+    from mbias.records import read_records
+    from mbias.splits import is_heldout
+
+    paradetox = [r["toxic"] for r in read_records(DATA / "paradetox" / "paradetox_train.tsv", "toxic")]
+    bias = [
+        r for f in sorted((REPO / "data" / "bias").glob("*.jsonl")) for r in read_records(f, "biased_text")
+    ]
+    toxigen = read_records(DATA / "toxigen-prompts" / "toxigen_statements.csv", "text")
+    pools = {
+        "paradetox": ("biased", paradetox),
+        "bias-rewrite": ("biased", [r["biased_text"] for r in bias if r.get("action") == "rewrite"]),
+        "bias-keep": ("clean", [r["biased_text"] for r in bias if r.get("action") == "keep"]),
+        "toxigen-clean": ("clean", [r["text"] for r in toxigen if r["label"] == "neutral"]),
+    }
+    splits = {}
+    for name, (kind, texts) in pools.items():
+        held = sorted({t.strip() for t in texts if t and t.strip() and is_heldout(t)})
+        random.Random(seed).shuffle(held)
+        splits[name] = (kind, held[:limit])
+    return splits
+
+
+def adapter_settings(adapter: Path) -> dict[str, str]:
+    """Base spec and prompt style the adapter was trained with (train_config.json from mbias train)."""
+    path = adapter / "train_config.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    return {"base": saved.get("base", BASE), "prompt_style": saved.get("prompt_style", "mbias")}
+
+
+def rewrite(debiaser: Any, texts: list[str]) -> tuple[list[str], float]:
+    """The model's rewrite of each text ('' when it gave nothing usable), and seconds taken."""
+    start = time.perf_counter()
+    records = debiaser.debias(texts)
+    seconds = time.perf_counter() - start
+    return ["" if str(r.get("reason", "")).startswith(FAILED) else r["rewrite"] for r in records], seconds
+
+
+def figures(
+    judge: Any, kind: str, texts: list[str], outputs: list[str], inputs: list[dict]
+) -> dict[str, Any]:
+    from mbias.evaluate import evaluate
+    from mbias.splits import normalise
+
+    rows = [{"id": str(i), "text": t, "rewrite": o} for i, (t, o) in enumerate(zip(texts, outputs))]
+    summary = evaluate(rows, judge, "text", "rewrite", input_scores=inputs).summary
+    changed = [normalise(t) != normalise(o) for t, o in zip(texts, outputs)]
+    return {
+        "kind": kind,
+        "n": len(texts),
+        "toxic_pct_before": summary["inputs"]["toxic_pct"],
+        "toxic_pct_after": summary["outputs"]["toxic_pct"],
+        "toxic_reduction_pct": summary["reduction_pct"]["toxic_pct"],
+        "biased_pct_before": summary["inputs"]["biased_pct"],
+        "biased_pct_after": summary["outputs"]["biased_pct"],
+        "biased_reduction_pct": summary["reduction_pct"]["biased_pct"],
+        "similarity_mean": summary["outputs"]["retention"],
+        "failed_pct": summary["failed_outputs"]["pct"],
+        "changed_pct": 100.0 * sum(changed) / len(changed) if changed else None,
+    }
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    head = (
+        "| split | system | n | toxic % before → after | toxic red. % | biased % before → after | "
+        "biased red. % | similarity | empty/refusal % | changed % |"
+    )
+    lines = [head, "| --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for system, splits in results.items():
+        for split, f in splits.items():
+            cells = [
+                f"{split} ({f['kind']})",
+                system,
+                str(f["n"]),
+                f"{_cell(f['toxic_pct_before'])} → {_cell(f['toxic_pct_after'])}",
+                _cell(f["toxic_reduction_pct"]),
+                f"{_cell(f['biased_pct_before'])} → {_cell(f['biased_pct_after'])}",
+                _cell(f["biased_reduction_pct"]),
+                "-" if f["similarity_mean"] is None else f"{f['similarity_mean']:.3f}",
+                _cell(f["failed_pct"]),
+                _cell(f["changed_pct"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from mbias.config import DEFAULT_ADAPTER
+    from mbias.engines import load_engine
+    from mbias.errors import MbiasError
+    from mbias.evaluate import score_inputs
+    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.judges import load_judge
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--adapter", default=str(DEFAULT_ADAPTER), help="adapter dir (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--base", default=None, help="base spec (default: from the adapter's train_config.json)"
+    )
+    parser.add_argument("--limit", type=int, default=100, help="texts per split")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the few-shot base model")
+    parser.add_argument("--out", required=True, help="JSON file for the figures")
+    args = parser.parse_args()
+
+    adapter = Path(args.adapter)
+    if not (adapter / "adapter_config.json").exists():
+        raise MbiasError(f"{adapter}: no adapter_config.json (train one with mbias train, or pass --adapter)")
+    settings = adapter_settings(adapter)
+    base = args.base or settings["base"]
+    systems = {
+        f"adapter ({settings['prompt_style']})": (f"{base}+adapter:{adapter}", settings["prompt_style"])
+    }
+    if not args.no_baseline:
+        systems["base (fewshot)"] = (base, "fewshot")
+    judge = load_judge("embedded")
+    splits = dev_splits(args.limit)
+    inputs = {name: score_inputs(judge, texts) for name, (_, texts) in splits.items()}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    timings: dict[str, float] = {}
+    for system, (spec, style) in systems.items():
+        results[system], timings[system] = {}, 0.0
+        settings = DebiasSettings(batch_size=args.batch_size)  # no judge: no screening, every text rewritten
+        debiaser = Debiaser(load_engine(spec), judge=None, prompt_style=style, settings=settings)
+        for name, (kind, texts) in splits.items():
+            outputs, seconds = rewrite(debiaser, texts)
+            timings[system] += seconds
+            results[system][name] = figures(judge, kind, texts, outputs, inputs[name])
+            print(f"{system} / {name}: {len(texts)} texts in {seconds:.0f} s", flush=True)
+    print(table(results))
+    report = {
+        "adapter": str(adapter),
+        "base": base,
+        "limit": args.limit,
+        "results": results,
+        "seconds": timings,
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    from mbias.errors import MbiasError
+
+    try:
+        main()
+    except MbiasError as exc:
+        raise SystemExit(f"quality.py: error: {exc}") from None

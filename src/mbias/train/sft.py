@@ -1,0 +1,244 @@
+"""LoRA / QLoRA supervised fine-tuning with TRL's SFTTrainer, resumable, writing an adapter and a model card.
+
+Pairs become TRL prompt-completion examples rendered by :func:`mbias.prompts.training_text`, so the
+model is trained on exactly the prompt it sees at inference. TRL appends EOS to each completion (the
+model learns to stop) and, with ``completion_only_loss``, labels the prompt tokens -100.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mbias.errors import MbiasError
+from mbias.prompts import training_text
+from mbias.train.config import TrainConfig
+from mbias.train.data import Pair, TrainingData, write_card
+
+LOG_FILE = "train_log.jsonl"
+
+
+def base_source(spec: str) -> str:
+    """``hf:<id or dir>`` or a bare id/dir -> what load_model_and_tokenizer takes."""
+    if "+adapter:" in spec:
+        raise MbiasError(f"--base {spec!r}: train on a base model; merge the adapter first (mbias merge)")
+    return spec[3:] if spec.startswith("hf:") else spec
+
+
+def to_examples(pairs: list[Pair], style: str) -> list[dict[str, str]]:
+    """TRL prompt-completion rows for a list of pairs."""
+    rows = []
+    for p in pairs:
+        prompt, completion = training_text(p["biased_text"], p["debiased_text"], style)
+        rows.append({"prompt": prompt, "completion": completion})
+    return rows
+
+
+def last_checkpoint(output: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output)) if output.is_dir() else None
+
+
+def _quantization(config: TrainConfig) -> Any | None:
+    """QLoRA's 4-bit nf4 with double quantisation and bf16 compute, only where CUDA runs it."""
+    import torch
+
+    if not (config.quantize_4bit and torch.cuda.is_available()):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise MbiasError(
+            "4-bit QLoRA needs bitsandbytes: pip install 'mbias[cuda]' (or --set quantize_4bit=false)"
+        ) from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def _optimizer(config: TrainConfig) -> str:
+    """The preset's optimiser, or plain AdamW where 8-bit paged AdamW cannot run (no CUDA/bitsandbytes)."""
+    import importlib.util
+
+    import torch
+
+    if "8bit" in config.optim and not (
+        torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes")
+    ):
+        return "adamw_torch"
+    return config.optim
+
+
+def load_base(config: TrainConfig) -> tuple[Any, Any]:
+    """Base model and tokenizer for training (right padding), 4-bit quantised where QLoRA applies."""
+    import torch
+
+    from mbias.engines.hf import load_model_and_tokenizer
+
+    quantization = _quantization(config)
+    cuda = torch.cuda.is_available()
+    options: dict[str, Any] = {"attn_implementation": "eager"}  # recommended for training Gemma-3
+    if quantization is not None:
+        options.update(quantization_config=quantization, device_map={"": 0})
+    model, tokenizer = load_model_and_tokenizer(
+        base_source(config.base), dtype=torch.bfloat16 if cuda else torch.float32, **options
+    )
+    tokenizer.padding_side = "right"  # generation pads left; training pads right (TRL's collator does too)
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def sft_config(config: TrainConfig, output: Path, has_eval: bool) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        max_grad_norm=config.max_grad_norm,
+        weight_decay=config.weight_decay,
+        optim=_optimizer(config),
+        max_length=config.max_length,
+        packing=False,
+        completion_only_loss=config.completion_only_loss,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=cuda,
+        fp16=False,
+        use_cpu=not cuda,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+
+
+def lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    targets = config.target_modules
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets
+        if targets == "all-linear"
+        else [t.strip() for t in targets.split(",") if t.strip()],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def score_labelled_positions_only() -> None:
+    """Make TRL's fused LM head skip prompt positions on CPU too, as it does on CUDA.
+
+    Off-GPU, TRL projects every position through the LM head (fixed tile shapes for Neuron's compiler).
+    With loss on the completion only, about 3/4 of those positions carry no label, and gemma-3's
+    262k-token vocabulary makes the head the costliest layer: skipping them about halves a CPU step.
+    The loss is unchanged (tests compare it with the model's own loss). A no-op if TRL changes.
+    """
+    from trl.trainer import utils
+
+    original = getattr(utils, "_use_triton", None)
+    if original is None or getattr(original, "mbias_patched", False):
+        return
+
+    def compact(device: Any) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact.mbias_patched = True  # type: ignore[attr-defined]
+    utils._use_triton = compact
+
+
+def build_trainer(config: TrainConfig, data: TrainingData, output: Path) -> Any:
+    """An SFTTrainer over the pairs, with a LoRA adapter on the base model and a JSONL log callback."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
+
+    class JsonlLog(TrainerCallback):
+        """Every logged metric as one JSON line in the output dir (survives a crash, read by the card)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            with (output / LOG_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
+
+    score_labelled_positions_only()
+    model, tokenizer = load_base(config)
+    train = Dataset.from_list(to_examples(data.train, config.prompt_style))
+    val = Dataset.from_list(to_examples(data.val, config.prompt_style)) if data.val else None
+    return SFTTrainer(
+        model=model,
+        args=sft_config(config, output, has_eval=val is not None),
+        train_dataset=train,
+        eval_dataset=val,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=[JsonlLog()],
+    )
+
+
+def train(
+    config: TrainConfig,
+    data_specs: list[str],
+    output: str | Path,
+    mapping: dict[str, str] | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run one fine-tuning job end to end; returns the summary written into the model card."""
+    from mbias.train.card import write_model_card
+    from mbias.train.data import load_training_data
+
+    output = Path(output)
+    checkpoint = last_checkpoint(output)
+    if not resume and output.exists() and any(output.iterdir()):
+        raise MbiasError(
+            f"{output}: already holds a run; pass --resume to continue it or choose another --output"
+        )
+    data = load_training_data(data_specs, config, mapping)
+    output.mkdir(parents=True, exist_ok=True)
+    write_card(data.card, output)
+    (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    started = time.perf_counter()
+    trainer = build_trainer(config, data, output)
+    result = trainer.train(resume_from_checkpoint=checkpoint if resume else None)
+    final_eval = trainer.evaluate() if data.val else {}
+    trainer.model.save_pretrained(str(output))
+    summary = {
+        "base": config.base,
+        "global_step": trainer.state.global_step,
+        "resumed_from": checkpoint if resume else None,
+        "train_loss_mean": result.training_loss,
+        "train_loss_last": next(
+            (h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None
+        ),
+        "val_loss": final_eval.get("eval_loss"),
+        "wall_time_s": round(time.perf_counter() - started, 1),
+        "optimizer": trainer.args.optim.value
+        if hasattr(trainer.args.optim, "value")
+        else str(trainer.args.optim),
+    }
+    write_model_card(output, config, data.card, summary)
+    return summary

@@ -1,0 +1,274 @@
+"""Fine-tuning pipeline: presets, data loading and filters, loss mask, training, resume, merge, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mbias.errors import MbiasError
+from mbias.prompts import training_text
+from mbias.splits import is_heldout
+from mbias.train.config import apply_overrides, preset
+from mbias.train.data import DataSpec, load_training_data, parse_mapping
+
+
+def _kept_pairs(n: int, tag: str = "") -> list[tuple[str, str]]:
+    """n pairs whose sources are not held out (held-out sources never reach training)."""
+    pairs, i = [], 0
+    while len(pairs) < n:
+        src = f"Old people{tag} are useless with computers, case {i}."
+        if not is_heldout(src):
+            pairs.append((src, f"Some people{tag} need more time with computers, case {i}."))
+        i += 1
+    return pairs
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    rows = [{"id": str(i), "biased_text": s, "debiased_text": t} for i, (s, t) in enumerate(_kept_pairs(16))]
+    return _write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+
+def _config(tiny_model_dir: Path, *more: str):
+    return apply_overrides(
+        preset("cpu-small"),
+        [
+            f"base=hf:{tiny_model_dir}",
+            "batch_size=4",
+            "eval_batch_size=4",
+            "learning_rate=5e-3",
+            "lr_scheduler=constant",
+            "warmup_ratio=0",
+            "logging_steps=1",
+            "val_fraction=0.2",
+            "exclude_test_set=",
+            *more,
+        ],
+    )
+
+
+# -- presets -------------------------------------------------------------------------------------
+
+
+def test_paper_preset_carries_the_mbias_hyper_parameters():
+    c = preset("paper")
+    assert (c.lora_r, c.lora_alpha, c.lora_dropout) == (64, 16, 0.2)
+    assert (c.learning_rate, c.lr_scheduler, c.warmup_ratio) == (2e-5, "constant", 0.05)
+    assert (c.epochs, c.max_steps, c.max_length) == (2.0, -1, 2048)
+    assert (c.optim, c.batch_size, c.max_grad_norm) == ("paged_adamw_8bit", 8, 0.3)
+    assert (
+        c.quantize_4bit
+        and c.base == "hf:mistralai/Mistral-7B-Instruct-v0.2"
+        and c.prompt_style == "mistral-inst"
+    )
+
+
+def test_cpu_small_preset_and_typed_overrides():
+    c = preset("cpu-small")
+    assert (c.lora_r, c.lora_alpha, c.target_modules, c.optim) == (16, 32, "all-linear", "adamw_torch")
+    assert c.completion_only_loss and c.max_length == 256 and c.prompt_style == "mbias" and c.max_steps > 0
+    changed = apply_overrides(c, ["max_steps=6e2", "lora-dropout=0.1", "quantize_4bit=yes", "base=hf:x"])
+    assert (changed.max_steps, changed.lora_dropout, changed.quantize_4bit, changed.base) == (
+        600,
+        0.1,
+        True,
+        "hf:x",
+    )
+    assert c.max_steps == preset("cpu-small").max_steps  # the preset itself is untouched
+    with pytest.raises(MbiasError, match="unknown setting"):
+        apply_overrides(c, ["lora_rank=8"])
+    with pytest.raises(MbiasError, match="expected int"):
+        apply_overrides(c, ["max_steps=1.5"])
+    with pytest.raises(MbiasError, match="unknown preset"):
+        preset("gpu-huge")
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def test_paradetox_layout_gives_one_pair_per_reference_and_filters(tmp_path):
+    kept = _kept_pairs(3, " toxic")
+    lines = ["toxic\tneutral1\tneutral2\tneutral3"]
+    lines.append(f"{kept[0][0]}\t{kept[0][1]}\tA second rewrite.\t")
+    lines.append(f"{kept[1][0]}\t{kept[1][1]}\t\t")
+    lines.append(f"{kept[2][0]}\t{kept[2][0]}\t\t")  # reference equals the source: not a detox pair
+    heldout = next(f"held {i} idiots" for i in range(100) if is_heldout(f"held {i} idiots"))
+    lines.append(f"{heldout}\tHeld people.\t\t")
+    test_set = tmp_path / "test.csv"
+    test_set.write_text(f'biased_text,x\n"{kept[1][0].upper()}",1\n', encoding="utf-8")
+    path = tmp_path / "p.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = apply_overrides(
+        preset("cpu-small"), ["references=all", "val_fraction=0", f"exclude_test_set={test_set}"]
+    )
+    data = load_training_data([str(path)], config)
+    assert sorted(p["debiased_text"] for p in data.train) == sorted([kept[0][1], "A second rewrite."])
+    dropped = data.card["sources"][0]["dropped"]
+    assert dropped["source in the mbias-test set"] == 1
+    assert dropped["source held out (splits.is_heldout)"] == 1
+    assert dropped["ParaDetox reference equals the toxic source"] == 1
+    first_only = load_training_data([str(path)], apply_overrides(config, ["references=first"]))
+    assert [p["debiased_text"] for p in first_only.train] == [kept[0][1]]
+
+
+def test_mixing_caps_weights_mapping_and_validation_split(tmp_path):
+    big = _write_jsonl(
+        tmp_path / "big.jsonl",
+        [{"src": s, "tgt": t, "group": "age"} for s, t in _kept_pairs(40, " big")],
+    )
+    folder = tmp_path / "bias"
+    folder.mkdir()
+    _write_jsonl(
+        folder / "a.jsonl", [{"biased_text": s, "debiased_text": t} for s, t in _kept_pairs(5, " a")]
+    )
+    config = apply_overrides(preset("cpu-small"), ["val_fraction=0.1", "exclude_test_set="])
+    data = load_training_data([f"{big}:20", f"{folder}:x2"], config, parse_mapping("src=src,tgt=tgt"))
+    sources = {s["spec"]: s for s in data.card["sources"]}
+    assert sources[f"{big}:20"]["kept"] == 20
+    small = sources[f"{folder}:x2"]
+    assert small["train"] == 2 * (5 - small["val"])
+    assert len(data.val) == 2  # 10 % of 25 distinct sources
+    val_sources = {p["biased_text"] for p in data.val}
+    assert not val_sources & {p["biased_text"] for p in data.train}
+    assert data.card["counts"]["group"]["age"] == sum(
+        1 for p in data.train + data.val if p.get("group") == "age"
+    )
+    again = load_training_data([f"{big}:20", f"{folder}:x2"], config, parse_mapping("src=src,tgt=tgt"))
+    assert [p["biased_text"] for p in again.train] == [p["biased_text"] for p in data.train]  # seeded
+
+
+def test_data_spec_parsing():
+    assert DataSpec.parse("a/b.tsv:1200") == DataSpec("a/b.tsv", cap=1200)
+    assert DataSpec.parse("data/bias:x2.5") == DataSpec("data/bias", weight=2.5)
+    assert DataSpec.parse("hf:org/set") == DataSpec("hf:org/set")
+    with pytest.raises(MbiasError, match="src=COLUMN"):
+        parse_mapping("source=a,tgt=b")
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def test_loss_mask_covers_the_completion_and_eos_only(tiny_model_dir, pairs_file, tmp_path):
+    from mbias.train.data import load_training_data as load
+    from mbias.train.sft import build_trainer
+
+    config = _config(tiny_model_dir, "val_fraction=0")
+    data = load([str(pairs_file)], config)
+    trainer = build_trainer(config, data, tmp_path / "run")
+    tokenizer = trainer.processing_class
+    pair = data.train[0]
+    prompt, completion = training_text(pair["biased_text"], pair["debiased_text"], config.prompt_style)
+    example = trainer.train_dataset[0]  # preparation keeps the order of the pairs
+    assert example["input_ids"] == tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
+    n_prompt = len(tokenizer(prompt)["input_ids"])
+    labels = example["labels"]
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == example["input_ids"][n_prompt:]
+    assert labels[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(labels[n_prompt:-1]).strip() == pair["debiased_text"]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    padded = batch["attention_mask"] == 0
+    assert (batch["labels"][padded] == -100).all() and padded[:, 0].sum() == 0  # right padding
+    fused = trainer.model(**batch, fused_lm_head=True)  # what the trainer optimises (labelled positions only)
+    assert abs(float(fused.loss) - float(trainer.model(**batch).loss)) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    """One short run (8 steps, checkpoints every 4) shared by the training tests."""
+    from mbias.train.sft import train
+
+    root = tmp_path_factory.mktemp("train")
+    rows = [{"biased_text": s, "debiased_text": t} for s, t in _kept_pairs(16)]
+    data = _write_jsonl(root / "pairs.jsonl", rows)
+    output = root / "run"
+    summary = train(
+        _config(tiny_model_dir, "max_steps=8", "save_steps=4", "eval_steps=4"), [str(data)], output
+    )
+    return output, summary, data
+
+
+def test_training_lowers_loss_and_writes_a_loadable_adapter(trained, tiny_model_dir):
+    from mbias.engines import load_engine
+
+    output, summary, _ = trained
+    log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])
+    assert summary["global_step"] == 8 and summary["val_loss"] is not None
+    assert (output / "adapter_config.json").exists() and (output / "adapter_model.safetensors").exists()
+    card = (output / "README.md").read_text()
+    assert f"{summary['val_loss']:.4f}" in card and str(tiny_model_dir) in card
+    assert json.loads((output / "data_card.json").read_text())["train_pairs"] == 13
+    engine = load_engine(f"hf:{tiny_model_dir}+adapter:{output}")
+    out = engine.generate(["Text: Old people are slow.\nDebiased text:"], max_new_tokens=5)
+    assert len(out) == 1 and isinstance(out[0][0], str)
+
+
+def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir, tmp_path):
+    import shutil
+
+    from mbias.train.sft import train
+
+    output, _, data = trained
+    run = tmp_path / "run"
+    shutil.copytree(output, run)
+    with pytest.raises(MbiasError, match="--resume"):
+        train(_config(tiny_model_dir, "max_steps=12"), [str(data)], run)
+    logged_before = len((run / "train_log.jsonl").read_text().splitlines())
+    summary = train(_config(tiny_model_dir, "max_steps=12", "save_steps=4"), [str(data)], run, resume=True)
+    assert summary["resumed_from"].endswith("checkpoint-8")
+    assert summary["global_step"] == 12
+    new = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()[logged_before:]]
+    assert [e["step"] for e in new if "loss" in e] == [9, 10, 11, 12]
+
+
+def test_merge_gives_the_same_greedy_output_as_the_adapter(trained, tiny_model_dir, tmp_path):
+    from mbias.engines import load_engine
+    from mbias.train.merge import merge_adapter
+
+    output, _, _ = trained
+    merged = merge_adapter(f"hf:{tiny_model_dir}", output, tmp_path / "merged")
+    prompt = ["Text: Women are bad drivers.\nDebiased text:"]
+    with_adapter = load_engine(f"hf:{tiny_model_dir}+adapter:{output}").generate(prompt, max_new_tokens=8)
+    assert load_engine(f"hf:{merged}").generate(prompt, max_new_tokens=8) == with_adapter
+    with pytest.raises(MbiasError, match="not a PEFT adapter"):
+        merge_adapter(f"hf:{tiny_model_dir}", tmp_path, tmp_path / "other")
+
+
+# -- CLI errors ----------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mbias.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "a", "label": 1}\n', "need columns biased_text and debiased_text"),
+        ("", "no rows"),
+        ('{"biased_text": "Old men are slow.", "debiased_text": "Some are slow."}\n' * 5, "duplicate-only"),
+    ],
+    ids=["missing-columns", "empty", "duplicate-only"],
+)
+def test_bad_data_fails_through_the_cli_with_one_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    result = _cli(
+        "train", "--data", str(path), "--output", str(tmp_path / "out"), "--base", "hf:/nonexistent"
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
