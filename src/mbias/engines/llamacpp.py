@@ -1,0 +1,327 @@
+"""llama.cpp backend (optional extra: pip install 'mbias[llamacpp]'): the fast CPU engine.
+
+The high-level ``llama_cpp.Llama`` decodes one sequence at a time, so this engine drives the
+low-level batch API: every row (prompt x candidate) is its own sequence in one unified KV cache,
+and each ``llama_decode`` advances all unfinished rows by one token. The prompt prefix that rows
+share (the MBIAS instruction, the few-shot block) is evaluated once in sequence 0 and its KV
+cells are copied to the other rows; it also stays cached between calls, so the next batch only
+evaluates what differs. LoRA adapters load beside the base as GGUF files
+(:mod:`mbias.engines.gguf_export` converts PEFT adapters once and caches the result).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import weakref
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from mbias.engines.hf import EMBEDDED_GGUF, embedded_gguf
+from mbias.errors import MbiasError
+from mbias.prompts import STOP_STRINGS
+
+# Sampling when candidates are asked for: the same nucleus the transformers engine uses.
+TOP_K, TOP_P, DEFAULT_TEMPERATURE = 50, 0.95, 0.7
+
+
+GGML_LOG_LEVEL_ERROR = 4
+_errors: deque[str] = deque(maxlen=8)
+_log_callback: Any = None  # ctypes must keep the callback alive as long as llama.cpp may call it
+
+
+def _llama() -> Any:
+    """The low-level bindings, with llama.cpp's log routed here: its loader chatter is dropped and
+    its last errors are kept for the one-line MbiasError a failed load raises."""
+    global _log_callback
+    try:
+        from llama_cpp import llama_cpp
+    except ImportError:
+        raise MbiasError(
+            "the llamacpp engine needs llama-cpp-python: pip install 'mbias[llamacpp]'"
+        ) from None
+    if _log_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def keep_errors(level: int, text: bytes, _: Any) -> None:
+            if level == GGML_LOG_LEVEL_ERROR:
+                _errors.append(text.decode("utf-8", "replace").strip())
+
+        _log_callback = keep_errors
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    return llama_cpp
+
+
+def _reason() -> str:
+    """The first error llama.cpp logged since the last clear (the cause; later ones are its echoes)."""
+    return f" ({_errors[0]})" if _errors else ""
+
+
+def idle_cores() -> int:
+    """Threads worth starting: the cores this process may use, less those other work keeps busy.
+
+    llama.cpp's threads meet at a spinning barrier after every operation; when one is descheduled
+    the others spin. On a 2-core machine shared with a training run, 1 thread decoded 1.6x faster
+    than 2, so the default follows the load average seen when the engine starts.
+    """
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two token lists share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def cut_at_stop(text: str) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether there was one (the row is finished)."""
+    cuts = [i for i in (text.find(s) for s in STOP_STRINGS) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class LlamaTokenizer:
+    """The GGUF's own tokenizer behind the small part of the transformers interface mbias uses
+    (``tokenizer(text, add_special_tokens=...)["input_ids"]``). No chat template: prompts are
+    rendered in the plain formats of :mod:`mbias.prompts`, as for the transformers engine."""
+
+    chat_template = None
+
+    def __init__(self, llama: Any, vocab: Any):
+        self._llama, self._vocab = llama, vocab
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            tokens = (self._llama.llama_token * size)()
+            count = self._llama.llama_tokenize(
+                self._vocab, data, len(data), tokens, size, add_special_tokens, True
+            )
+            if count >= 0:
+                return list(tokens[:count])
+            size = -count
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": self.encode(text, add_special_tokens)}
+
+
+def _free(llama: Any, batch: Any, context: Any, model: Any) -> None:
+    llama.llama_batch_free(batch)
+    llama.llama_free(context)
+    llama.llama_model_free(model)  # also frees the LoRA adapters loaded for it
+
+
+class LlamaCppEngine:
+    """Batched generation with llama.cpp; greedy unless a temperature or n > 1 asks to sample.
+
+    ``n_ctx`` is the KV cache shared by all rows of one batch (prompt prefix once, then each row's
+    own tokens and answer); ``max_rows`` rows decode together, more are processed in turn;
+    ``threads`` defaults to :func:`idle_cores`; ``seed`` makes sampled candidates repeatable.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        lora: str | None = None,
+        *,
+        n_ctx: int = 8192,
+        max_rows: int = 32,
+        threads: int | None = None,
+        seed: int = 0,
+        **_: Any,
+    ):
+        import numpy as np
+
+        llama = self._llama = _llama()
+        path = embedded_gguf() if source == EMBEDDED_GGUF else Path(source)
+        if not path.is_file():
+            raise MbiasError(f"llamacpp: no GGUF model file at {source!r}")
+        self.name = f"llamacpp:{source}" + (f"+lora:{lora}" if lora else "")
+        _errors.clear()
+        llama.llama_backend_init()
+        model = llama.llama_model_load_from_file(str(path).encode(), llama.llama_model_default_params())
+        if not model:
+            raise MbiasError(f"llama.cpp cannot load {path}{_reason()}")
+        params = llama.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, 512, 512, max_rows
+        params.n_threads = params.n_threads_batch = threads or idle_cores()
+        params.kv_unified = True  # one cache: the shared prefix's cells serve every row
+        params.no_perf = True
+        context = llama.llama_init_from_model(model, params)
+        if not context:
+            llama.llama_model_free(model)
+            raise MbiasError(f"llama.cpp cannot create a context of {n_ctx} tokens for {path}{_reason()}")
+        self._batch = llama.llama_batch_init(params.n_batch, 0, 1)
+        self._context, self._memory = context, llama.llama_get_memory(context)
+        weakref.finalize(self, _free, llama, self._batch, context, model)
+        if lora:
+            self._load_lora(model, lora, path)
+        self._vocab = llama.llama_model_get_vocab(model)
+        self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
+        self.tokenizer = LlamaTokenizer(llama, self._vocab)
+        self.context_window = n_ctx
+        self.n_ctx, self.max_rows, self.n_batch = n_ctx, max_rows, params.n_batch
+        self._rng = np.random.default_rng(seed)
+        self._pieces: dict[int, bytes] = {}
+        self._cached: list[int] = []  # the prefix whose KV cells sequence 0 still holds
+        self._lock = threading.Lock()  # one context: one generate at a time (serve runs threads)
+
+    def _load_lora(self, model: Any, lora: str, base: Path) -> None:
+        """Attach a GGUF LoRA file, or a PEFT adapter directory converted to one (cached)."""
+        from mbias.engines.gguf_export import cached_lora_gguf
+
+        llama, source = self._llama, Path(lora)
+        if source.is_dir():
+            source = cached_lora_gguf(source, base)
+        elif not source.is_file():
+            raise MbiasError(f"llamacpp: no LoRA adapter at {lora!r} (a .gguf file or a PEFT directory)")
+        _errors.clear()
+        adapter = llama.llama_adapter_lora_init(model, str(source).encode())
+        if not adapter:
+            raise MbiasError(f"llama.cpp cannot apply LoRA {source} to {base}{_reason()}")
+        adapters = (llama.llama_adapter_lora_p_ctypes * 1)(adapter)
+        if llama.llama_set_adapters_lora(self._context, adapters, 1, (ctypes.c_float * 1)(1.0)) != 0:
+            raise MbiasError(f"llama.cpp cannot attach LoRA {source}")
+
+    # -- the Engine protocol -------------------------------------------------------------------
+    def generate(
+        self, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0, n: int = 1
+    ) -> list[list[str]]:
+        sample = temperature > 0 or n > 1
+        rows = [tokens for p in prompts for tokens in [self.tokenizer.encode(p)] * n]
+        texts: list[str] = []
+        with self._lock:
+            for group in self._groups(rows, max_new_tokens):
+                texts += self._run(
+                    group, max_new_tokens, (temperature or DEFAULT_TEMPERATURE) if sample else 0.0
+                )
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    # -- batching ------------------------------------------------------------------------------
+    def _groups(self, rows: list[list[int]], max_new_tokens: int) -> list[list[list[int]]]:
+        """Consecutive rows packed so each group fits the rows limit and the shared KV cache."""
+        groups: list[list[list[int]]] = []
+        group: list[list[int]] = []
+        shared = 0
+        for row in rows:
+            if len(row) + max_new_tokens > self.n_ctx:
+                raise MbiasError(
+                    f"prompt of {len(row)} tokens + {max_new_tokens} new ones exceeds the llamacpp "
+                    f"context of {self.n_ctx} tokens"
+                )
+            new_shared = min(shared, common_prefix(group[0], row), len(row) - 1) if group else len(row) - 1
+            cells = new_shared + sum(len(r) - new_shared + max_new_tokens for r in [*group, row])
+            if group and (len(group) == self.max_rows or cells > self.n_ctx):
+                groups.append(group)
+                group, new_shared = [], len(row) - 1
+            group.append(row)
+            shared = new_shared
+        return [*groups, group] if group else groups
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> Any:
+        """Feed (token, position, sequence, wants logits) entries; the logits rows, in entry order."""
+        import numpy as np
+
+        llama, batch, outputs = self._llama, self._batch, []
+        for start in range(0, len(entries), self.n_batch):
+            if outputs:
+                outputs[-1] = outputs[-1].copy()  # the next decode overwrites llama.cpp's logits buffer
+            chunk = entries[start : start + self.n_batch]
+            for i, (token, pos, seq, logits) in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
+                batch.seq_id[i][0], batch.logits[i] = seq, logits
+            batch.n_tokens = len(chunk)
+            status = llama.llama_decode(self._context, batch)
+            if status != 0:
+                raise MbiasError(f"llama.cpp decode failed with status {status}{_reason()}")
+            wanted = sum(1 for e in chunk if e[3])
+            if wanted:
+                pointer = llama.llama_get_logits(self._context)
+                outputs.append(np.ctypeslib.as_array(pointer, shape=(wanted, self._n_vocab)))
+        if len(outputs) == 1:
+            return outputs[0]  # a view, valid until the next decode: callers use it before that
+        return np.concatenate(outputs) if outputs else np.empty((0, self._n_vocab), dtype=np.float32)
+
+    def _prepare_prefix(self, prefix: list[int]) -> None:
+        """Make sequence 0 hold exactly ``prefix``, reusing what the last call left in the cache."""
+        llama = self._llama
+        keep = common_prefix(self._cached, prefix)
+        llama.llama_memory_seq_rm(self._memory, -1, keep, -1)  # every row's cells past the reuse point
+        if keep and llama.llama_memory_seq_pos_min(self._memory, 0) != 0:
+            keep = 0  # a sliding-window layer dropped early cells: start from scratch
+        if not keep:
+            llama.llama_memory_clear(self._memory, True)
+        self._cached = prefix[:keep]  # what the cache is sure to hold if the decode below fails
+        self._decode([(t, keep + i, 0, False) for i, t in enumerate(prefix[keep:])])
+        self._cached = prefix
+
+    def _run(self, rows: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
+        shared = min(len(r) for r in rows) - 1  # every row keeps >= 1 own token to get logits from
+        for row in rows[1:]:
+            shared = min(shared, common_prefix(rows[0], row))
+        self._prepare_prefix(rows[0][:shared])
+        for seq in range(1, len(rows)):
+            self._llama.llama_memory_seq_cp(self._memory, 0, seq, -1, -1)
+        logits = self._decode(
+            [
+                (token, shared + i, seq, i == len(row) - shared - 1)
+                for seq, row in enumerate(rows)
+                for i, token in enumerate(row[shared:])
+            ]
+        )
+        active = list(range(len(rows)))
+        positions = [len(r) for r in rows]
+        generated: list[bytes] = [b""] * len(rows)
+        texts = [""] * len(rows)
+        for step in range(max_new_tokens):
+            tokens = self._pick(logits, temperature)
+            feed = []
+            for seq, token in zip(active, tokens.tolist()):
+                if self._llama.llama_vocab_is_eog(self._vocab, token):
+                    continue
+                generated[seq] += self._piece(token)
+                texts[seq], stopped = cut_at_stop(generated[seq].decode("utf-8", "replace"))
+                if not stopped and step + 1 < max_new_tokens:
+                    feed.append((token, positions[seq], seq, True))
+                    positions[seq] += 1
+            if not feed:
+                break
+            active = [seq for _, _, seq, _ in feed]
+            logits = self._decode(feed)
+        return texts
+
+    def _pick(self, logits: Any, temperature: float) -> Any:
+        """Next token per row: argmax, or a draw from the top-k / top-p nucleus at ``temperature``."""
+        import numpy as np
+
+        if temperature <= 0:
+            return logits.argmax(axis=1)
+        top = np.argpartition(logits, -TOP_K, axis=1)[:, -TOP_K:]
+        scores = np.take_along_axis(logits, top, axis=1) / temperature
+        order = np.argsort(-scores, axis=1)
+        top, scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        probs = np.exp(scores - scores[:, :1])
+        probs /= probs.sum(axis=1, keepdims=True)
+        probs[np.cumsum(probs, axis=1) - probs >= TOP_P] = 0.0  # outside the nucleus (never the top 1)
+        cumulative = np.cumsum(probs, axis=1)
+        draws = self._rng.random((len(probs), 1)) * cumulative[:, -1:]
+        return top[np.arange(len(top)), (cumulative < draws).sum(axis=1)]
+
+    def _piece(self, token: int) -> bytes:
+        """A token's bytes (control tokens render as nothing, like skip_special_tokens)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buffer = ctypes.create_string_buffer(64)
+            size = self._llama.llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
+            if size < 0:
+                buffer = ctypes.create_string_buffer(-size)
+                size = self._llama.llama_token_to_piece(self._vocab, token, buffer, -size, 0, False)
+            piece = self._pieces[token] = buffer.raw[:size]
+        return piece
