@@ -73,7 +73,7 @@ def test_read_records_formats(tmp_path):
         ("missing.csv", None, None, "no such file"),
         ("bad.csv", b"text\n\xff\xfe broken\n", None, "not UTF-8"),
         ("empty.jsonl", b"", None, "no rows"),
-        ("cols.csv", b"a,b\n1,2\n", None, "no text column"),
+        ("cols.csv", b"a,b\n1,2\n", None, "none of the columns"),
         ("cols2.csv", b"text\nhi\n", "nope", "no column 'nope'"),
         ("f.txt", b"hello", None, "unsupported file type"),
         ("bad.jsonl", b'{"text": "a"}\n{oops\n', None, "not valid JSON"),

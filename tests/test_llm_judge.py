@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from mbias.errors import MbiasError
 from mbias.evaluate import evaluate
 from mbias.judges.llm import JudgeAnswerError, LLMJudge, extract_json_object, parse_items, parse_verdicts
 from mbias.prompts import JUDGE_VERDICT
+from tests.conftest import free_port
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -128,12 +128,6 @@ def scripted_answer(prompt: str, seen: dict) -> str:
     else:
         verdicts = ["no" if "weather" in item else "yes" for item in items]
     return json.dumps({"verdicts": [{"verdict": v, "reason": f"rule for {metric}"} for v in verdicts]})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -86,17 +86,26 @@ def _load_hf_dataset(ref: str) -> list[dict[str, Any]]:
     return [dict(row) for row in data]
 
 
-def pick_column(columns: Iterable[str], column: str | None, source: str) -> str:
-    """The text column: the one asked for, else the first familiar name."""
-    columns = list(columns)
+def pick_column(
+    columns: Iterable[str],
+    column: str | None,
+    source: str,
+    guesses: tuple[str, ...] = TEXT_COLUMN_GUESSES,
+    option: str = "--column",
+) -> str:
+    """The column to read: the one asked for, else the first familiar name."""
+    columns = list(dict.fromkeys(columns))
     if column:
         if column not in columns:
-            raise MbiasError(f"{source}: no column {column!r}; columns are: {', '.join(columns)}")
+            raise MbiasError(f"{source}: no column {column!r} ({option}); columns are: {', '.join(columns)}")
         return column
-    for guess in TEXT_COLUMN_GUESSES:
+    for guess in guesses:
         if guess in columns:
             return guess
-    raise MbiasError(f"{source}: no text column found; pass --column (columns are: {', '.join(columns)})")
+    known = ", ".join(guesses)
+    raise MbiasError(
+        f"{source}: none of the columns {known}; pass {option} (columns are: {', '.join(columns)})"
+    )
 
 
 def read_records(source: str | Path, column: str | None = None) -> list[Record]:

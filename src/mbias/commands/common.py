@@ -18,6 +18,7 @@ from rich.progress import (
 )
 
 from mbias.errors import MbiasError
+from mbias.records import Record, read_records, texts_to_records
 
 console = Console(stderr=True)
 
@@ -52,6 +53,20 @@ def read_stdin_lines() -> list[str]:
     if not lines:
         raise MbiasError("standard input is empty: give one text per line")
     return lines
+
+
+def gather_inputs(text: str | None, input: str | None, column: str | None, format: str) -> list[Record]:
+    """Records from exactly one of: a TEXT argument, '-' (stdin lines), or --input FILE."""
+    if (text is None) == (input is None):
+        raise MbiasError("give either a TEXT argument (or '-') or --input FILE")
+    if format not in ("text", "json"):
+        raise MbiasError(f"--format must be text or json, not {format!r}")
+    if input is not None:
+        return read_records(input, column)
+    records = texts_to_records(read_stdin_lines() if text == "-" else [text])
+    if not records[0]["text"].strip():
+        raise MbiasError("the text is empty")
+    return records
 
 
 def default_output(input_path: str, suffix: str) -> Path:

@@ -10,10 +10,9 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import console, default_output, progress_bar, rate_text, read_stdin_lines
-from mbias.errors import MbiasError
+from mbias.commands.common import console, default_output, gather_inputs, progress_bar, rate_text
 from mbias.intervene import Debiaser, DebiasSettings
-from mbias.records import RecordWriter, iter_pending, read_records, texts_to_records
+from mbias.records import RecordWriter, iter_pending
 
 SHOWN_FIELDS = ("id", "text", "rewrite", "action", "reason", "toxicity", "bias", "similarity")
 
@@ -46,15 +45,7 @@ def debias(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
 ) -> None:
     """Rewrite biased or toxic text into a safe version that keeps its main information."""
-    if (text is None) == (input is None):
-        raise MbiasError("give either a TEXT argument (or '-') or --input FILE")
-    if format not in ("text", "json"):
-        raise MbiasError(f"--format must be text or json, not {format!r}")
-    records = read_records(input, column) if input else None
-    if text is not None:
-        records = texts_to_records(read_stdin_lines() if text == "-" else [text])
-        if not records[0]["text"].strip():
-            raise MbiasError("the text is empty")
+    records = gather_inputs(text, input, column, format)
     settings = DebiasSettings(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,

@@ -14,7 +14,7 @@ import typer
 from mbias import config
 from mbias.commands.common import console, progress_bar, rate_text
 from mbias.errors import MbiasError
-from mbias.records import read_records, write_records
+from mbias.records import pick_column, read_records, write_records
 
 # Tried in order when no column is named: the paper's pair columns, then `mbias debias` output.
 SOURCE_GUESSES = ("biased_text", "text")
@@ -24,17 +24,7 @@ OUTPUT_GUESSES = ("debiased_text", "rewrite")
 def _column(
     rows: list[dict[str, Any]], given: str | None, guesses: tuple[str, ...], option: str, path: str
 ) -> str:
-    present = list(dict.fromkeys(k for r in rows for k in r))
-    if given:
-        if given not in present:
-            raise MbiasError(f"{path}: no column {given!r} ({option}); columns are: {', '.join(present)}")
-        return given
-    for guess in guesses:
-        if guess in present:
-            return guess
-    raise MbiasError(
-        f"{path}: none of the columns {', '.join(guesses)}; pass {option} (columns are: {', '.join(present)})"
-    )
+    return pick_column((k for r in rows for k in r), given, path, guesses, option)
 
 
 @contextmanager

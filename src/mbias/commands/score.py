@@ -9,9 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from mbias.commands.common import console, default_output, progress_bar, rate_text, read_stdin_lines
-from mbias.errors import MbiasError
-from mbias.records import Record, RecordWriter, iter_pending, read_records, texts_to_records
+from mbias.commands.common import console, default_output, gather_inputs, progress_bar, rate_text
+from mbias.records import Record, RecordWriter, iter_pending
 
 BATCH = 64
 
@@ -36,16 +35,7 @@ def score(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
 ) -> None:
     """Score texts for toxicity and bias with the offline embedded judge."""
-    if (text is None) == (input is None):
-        raise MbiasError("give either a TEXT argument (or '-') or --input FILE")
-    if format not in ("text", "json"):
-        raise MbiasError(f"--format must be text or json, not {format!r}")
-    if input is None:
-        records = texts_to_records(read_stdin_lines() if text == "-" else [text])
-        if not records[0]["text"].strip():
-            raise MbiasError("the text is empty")
-    else:
-        records = read_records(input, column)
+    records = gather_inputs(text, input, column, format)
 
     from mbias.judges.embedded import EmbeddedJudge
 
