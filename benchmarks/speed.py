@@ -120,7 +120,9 @@ def main() -> None:
     if args.baseline != "none":
         twin = transformers_twin(entry.spec) if args.baseline == "auto" else args.baseline
         recipe = recipe_texts_per_second(twin, prompts, args.max_new_tokens)
-    print(f"\nengine {engine.name}, {len(texts)} texts of ~30 words, max {args.max_new_tokens} new tokens")
+    threads = f", {engine.threads} threads" if hasattr(engine, "threads") else ""
+    print(f"\nengine {engine.name}{threads}, {len(texts)} texts of ~30 words, max {args.max_new_tokens} new")
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"{'batch':>5} {'texts/s':>8} {'tokens/s':>9} {'s/text':>7} {'vs batch 1':>10} {'vs recipe':>9}")
     for size, tps, toks, per in rows:
         versus = f"{tps / recipe:>8.2f}x" if recipe else f"{'-':>9}"
