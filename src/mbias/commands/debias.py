@@ -35,7 +35,7 @@ def debias(
     ] = "",
     judge: Annotated[str, typer.Option(help="'embedded', 'llm:SPEC', 'none', or '' for the default.")] = "",
     prompt_style: Annotated[str | None, typer.Option(help="Override the model's prompt style.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
     max_input_tokens: Annotated[int, typer.Option(min=1)] = 2048,
     candidates: Annotated[int, typer.Option(min=1, help="Sample N candidates and keep the best.")] = 1,
