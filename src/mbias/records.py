@@ -21,6 +21,14 @@ TEXT_COLUMN_GUESSES = ("text", "biased_text", "toxic", "sentence", "comment")
 Record = dict[str, Any]
 
 
+class NoTextColumn(MbiasError):
+    """No column was named and none has a familiar name; callers with a mapping can recover."""
+
+    def __init__(self, message: str, columns: list[str]):
+        super().__init__(message)
+        self.columns = columns
+
+
 def file_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
@@ -102,9 +110,9 @@ def pick_column(
     for guess in guesses:
         if guess in columns:
             return guess
-    known = ", ".join(guesses)
-    raise MbiasError(
-        f"{source}: none of the columns {known}; pass {option} (columns are: {', '.join(columns)})"
+    known, listed = ", ".join(guesses), ", ".join(columns)
+    raise NoTextColumn(
+        f"{source}: none of the columns {known}; pass {option} (columns are: {listed})", columns
     )
 
 

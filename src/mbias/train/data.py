@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mbias.errors import MbiasError
-from mbias.records import read_records
+from mbias.records import NoTextColumn, read_records
 from mbias.splits import is_heldout, normalise
 
 PAPER_COLUMNS = ("biased_text", "debiased_text")
@@ -95,14 +95,10 @@ def _files(ref: str) -> list[str]:
 def _read(ref: str, mapping: dict[str, str] | None) -> list[dict[str, Any]]:
     try:
         return read_records(ref)
-    except MbiasError as exc:
-        message = str(exc)
-        if "no text column" not in message:
-            raise
+    except NoTextColumn as exc:
         if mapping:
             return read_records(ref, mapping["src"])  # names the missing column when it is absent
-        columns = message.rpartition("columns are: ")[2].rstrip(")")
-        raise MbiasError(f"{ref}: {NEEDS}; its columns are: {columns}") from None
+        raise MbiasError(f"{ref}: {NEEDS}; its columns are: {', '.join(exc.columns)}") from None
 
 
 def _text(value: Any) -> str:
