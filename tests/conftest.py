@@ -6,6 +6,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,22 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MBIAS_JUDGE", os.environ.get("MBIAS_TEST_JUDGE", "none"))
 
 
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """A real uvicorn server for an ASGI app on a free loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -104,12 +122,5 @@ def chat_server():
         choices = [{"message": {"role": "assistant", "content": f"Here is a debiased version: calm {text}"}}]
         return {"choices": choices * body.get("n", 1)}
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", seen
-    server.should_exit = True
-    thread.join(timeout=5)
+    with serve_in_thread(app) as base_url:
+        yield f"{base_url}/v1", seen

@@ -7,18 +7,15 @@ import math
 import re
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 
 from mbias.errors import MbiasError
 from mbias.evaluate import evaluate
 from mbias.judges.llm import JudgeAnswerError, LLMJudge, extract_json_object, parse_items, parse_verdicts
 from mbias.prompts import JUDGE_VERDICT
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_in_thread
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -141,15 +138,8 @@ def judge_server():
         answer = scripted_answer(body["messages"][0]["content"], seen)
         return {"choices": [{"message": {"role": "assistant", "content": answer}}]}
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"openai:http://127.0.0.1:{port}/v1#judge", seen
-    server.should_exit = True
-    thread.join(5)
+    with serve_in_thread(app) as base_url:
+        yield f"openai:{base_url}/v1#judge", seen
 
 
 def test_llm_judge_metrics_over_http_with_a_retry(judge_server):
