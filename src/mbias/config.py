@@ -92,9 +92,13 @@ def resolve(name_or_spec: str) -> ModelEntry:
 JUDGE_ASSETS = ASSETS / "judges"
 
 
-def default_judge() -> str | None:
-    """The embedded judge once its heads ship (MBIAS_JUDGE overrides: 'none' turns screening off)."""
-    chosen = os.environ.get("MBIAS_JUDGE")
+def default_judge(choice: str = "") -> str | None:
+    """The judge spec to use, or None for no judge.
+
+    An explicit choice wins (a CLI --judge), then MBIAS_JUDGE, then the embedded judge once its
+    heads ship; 'none' anywhere turns screening off.
+    """
+    chosen = choice or os.environ.get("MBIAS_JUDGE")
     if chosen:
         return None if chosen == "none" else chosen
     return "embedded" if (JUDGE_ASSETS / "heads.json").exists() else None

@@ -75,8 +75,7 @@ def annotate(
         raise MbiasError(
             "--candidates above 1 needs --temperature above 0 (greedy decoding repeats one candidate)"
         )
-    judge_spec = judge or config.default_judge()
-    judge_spec = None if judge_spec in (None, "none") else judge_spec
+    judge_spec = config.default_judge(judge)
     inputs = [
         (source, read_records(source, column or ("biased_text" if import_pairs else None)))
         for source in sources

@@ -54,10 +54,9 @@ def debias(
         temperature=temperature,
         screen=screen,
     )
-    chosen_judge = judge or config.default_judge()
     debiaser = Debiaser(
         engine or config.default_engine_spec(),
-        judge=None if chosen_judge in (None, "none") else chosen_judge,
+        judge=config.default_judge(judge),
         prompt_style=prompt_style,
         settings=settings,
     )

@@ -38,10 +38,9 @@ def serve(
         if not upstream.startswith("openai:"):
             raise MbiasError("--upstream must be an OpenAI-compatible server: openai:URL#MODEL")
         guard = load_engine(upstream)
-    chosen_judge = judge or config.default_judge()
     debiaser = Debiaser(
         engine or config.default_engine_spec(),
-        judge=None if chosen_judge in (None, "none") else chosen_judge,
+        judge=config.default_judge(judge),
         settings=DebiasSettings(batch_size=max_batch, max_new_tokens=max_new_tokens),
     )
     app = create_app(
