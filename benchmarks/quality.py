@@ -4,12 +4,16 @@ Splits (all rows with ``mbias.splits.is_heldout``, which ``mbias train`` never t
   paradetox      toxic sentences of ParaDetox's training file (biased inputs)
   bias-rewrite   the project's bias set, rows annotated "rewrite" (biased inputs)
   bias-keep      the project's bias set, rows annotated "keep" (clean inputs)
+  toxigen-hate   ToxiGen hateful seed statements: implicit stereotypes in their raw style (biased)
   toxigen-clean  ToxiGen neutral seed statements (clean inputs)
-Every text is rewritten (no screening) so the figures measure the model; the embedded judge scores
-inputs and outputs. An empty output or a refusal counts as a failure (unsafe, zero retention).
+``--engines hf,llamacpp`` runs the adapter on both engines in the same run (the llama.cpp engine
+must stay within 2 points of transformers on every line). Every text is rewritten (no screening)
+so the figures measure the model; the embedded judge scores inputs and outputs. An empty output
+or a refusal counts as a failure (unsafe, zero retention).
 
     python benchmarks/quality.py --limit 100 --out quality.json
     python benchmarks/quality.py --adapter runs/cpu-small --limit 50 --batch-size 16 --out q.json
+    python benchmarks/quality.py --engines hf,llamacpp --no-baseline --out parity.json
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str]]]:
         "paradetox": ("biased", paradetox),
         "bias-rewrite": ("biased", [r["biased_text"] for r in bias if r.get("action") == "rewrite"]),
         "bias-keep": ("clean", [r["biased_text"] for r in bias if r.get("action") == "keep"]),
+        "toxigen-hate": ("biased", [r["text"] for r in toxigen if r["label"] == "hate"]),
         "toxigen-clean": ("clean", [r["text"] for r in toxigen if r["label"] == "neutral"]),
     }
     splits = {}
@@ -56,6 +61,15 @@ def adapter_settings(adapter: Path) -> dict[str, str]:
     path = adapter / "train_config.json"
     saved = json.loads(path.read_text()) if path.exists() else {}
     return {"base": saved.get("base", BASE), "prompt_style": saved.get("prompt_style", "mbias")}
+
+
+def engine_spec(engine: str, base: str, adapter: Path | None) -> str:
+    """The spec that runs ``base`` (+ ``adapter``) on ``engine`` ("hf" or "llamacpp")."""
+    if engine == "hf":
+        return base + (f"+adapter:{adapter}" if adapter else "")
+    if engine != "llamacpp" or not base.startswith("hf:gguf:"):
+        raise SystemExit(f"quality.py: no {engine!r} engine for base {base!r} (engines: hf, llamacpp)")
+    return "llamacpp:" + base.removeprefix("hf:") + (f"+lora:{adapter}" if adapter else "")
 
 
 def rewrite(debiaser: Any, texts: list[str]) -> tuple[list[str], float]:
@@ -133,6 +147,9 @@ def main() -> None:
     parser.add_argument(
         "--base", default=None, help="base spec (default: from the adapter's train_config.json)"
     )
+    parser.add_argument(
+        "--engines", default="hf", help="adapter engines, comma list: hf, llamacpp (baseline: the first)"
+    )
     parser.add_argument("--limit", type=int, default=100, help="texts per split")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-baseline", action="store_true", help="skip the few-shot base model")
@@ -144,11 +161,11 @@ def main() -> None:
         raise MbiasError(f"{adapter}: no adapter_config.json (train one with mbias train, or pass --adapter)")
     settings = adapter_settings(adapter)
     base = args.base or settings["base"]
-    systems = {
-        f"adapter ({settings['prompt_style']})": (f"{base}+adapter:{adapter}", settings["prompt_style"])
-    }
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    style = settings["prompt_style"]
+    systems = {f"adapter ({style}, {e})": (engine_spec(e, base, adapter), style) for e in engines}
     if not args.no_baseline:
-        systems["base (fewshot)"] = (base, "fewshot")
+        systems[f"base (fewshot, {engines[0]})"] = (engine_spec(engines[0], base, None), "fewshot")
     judge = load_judge("embedded")
     splits = dev_splits(args.limit)
     inputs = {name: score_inputs(judge, texts) for name, (_, texts) in splits.items()}
@@ -167,6 +184,7 @@ def main() -> None:
     report = {
         "adapter": str(adapter),
         "base": base,
+        "engines": engines,
         "limit": args.limit,
         "results": results,
         "seconds": timings,
