@@ -65,11 +65,13 @@ def adapter_settings(adapter: Path) -> dict[str, str]:
 
 def engine_spec(engine: str, base: str, adapter: Path | None) -> str:
     """The spec that runs ``base`` (+ ``adapter``) on ``engine`` ("hf" or "llamacpp")."""
-    if engine == "hf":
-        return base + (f"+adapter:{adapter}" if adapter else "")
-    if engine != "llamacpp" or not base.startswith("hf:gguf:"):
+    from mbias.config import gguf_spec
+
+    if base.startswith("hf:gguf:") and engine in ("hf", "llamacpp"):
+        return gguf_spec(engine, base.removeprefix("hf:"), adapter)
+    if engine != "hf":
         raise SystemExit(f"quality.py: no {engine!r} engine for base {base!r} (engines: hf, llamacpp)")
-    return "llamacpp:" + base.removeprefix("hf:") + (f"+lora:{adapter}" if adapter else "")
+    return base + (f"+adapter:{adapter}" if adapter else "")
 
 
 def rewrite(debiaser: Any, texts: list[str]) -> tuple[list[str], float]:

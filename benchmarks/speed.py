@@ -56,12 +56,14 @@ def thirty_word_texts(n: int) -> list[str]:
 
 def transformers_twin(spec: str) -> str:
     """The same weights under transformers: what the MBIAS recipe would run."""
+    from mbias.config import EMBEDDED_GGUF, gguf_spec
+
     if spec.startswith("hf:"):
         return spec
     base, _, lora = spec.removeprefix("llamacpp:").partition("+lora:")
-    if base != "gguf:gemma-3-270m" or (lora and not Path(lora).is_dir()):
+    if base != EMBEDDED_GGUF or (lora and not Path(lora).is_dir()):
         raise SystemExit(f"no transformers twin for {spec}; pass --baseline hf:...")
-    return f"hf:{base}" + (f"+adapter:{lora}" if lora else "")
+    return gguf_spec("hf", base, lora or None)
 
 
 def recipe_texts_per_second(spec: str, prompts: list[str], max_new_tokens: int) -> float:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_ADAPTER = ASSETS / "mbias-270m-adapter"
+EMBEDDED_GGUF = "gguf:gemma-3-270m"
 
 
 def cache_dir() -> Path:
@@ -30,6 +31,15 @@ def default_engine_spec() -> str:
     return os.environ.get("MBIAS_ENGINE", "mbias-270m")
 
 
+def gguf_spec(engine: str, gguf: str = EMBEDDED_GGUF, adapter: str | Path | None = None) -> str:
+    """The spec that runs one GGUF model (+ a PEFT adapter) on ``engine``: transformers ("hf") takes
+    the adapter as ``+adapter:``, llama.cpp ("llamacpp") as ``+lora:``, converted once and cached."""
+    join = {"hf": "+adapter:", "llamacpp": "+lora:"}.get(engine)
+    if join is None:
+        raise ValueError(f"no GGUF spec for engine {engine!r} (hf, llamacpp)")
+    return f"{engine}:{gguf}" + (f"{join}{adapter}" if adapter else "")
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """What a short model name stands for."""
@@ -42,17 +52,15 @@ class ModelEntry:
 def _embedded_entry() -> ModelEntry:
     """llama.cpp when it is installed (about 3x transformers on CPU; the adapter is converted to a
     GGUF LoRA once and cached), transformers otherwise."""
-    fast = importlib.util.find_spec("llama_cpp") is not None
+    engine = "llamacpp" if importlib.util.find_spec("llama_cpp") is not None else "hf"
     if (DEFAULT_ADAPTER / "adapter_config.json").exists():
         return ModelEntry(
-            spec=f"llamacpp:gguf:gemma-3-270m+lora:{DEFAULT_ADAPTER}"
-            if fast
-            else f"hf:gguf:gemma-3-270m+adapter:{DEFAULT_ADAPTER}",
+            spec=gguf_spec(engine, adapter=DEFAULT_ADAPTER),
             prompt_style="mbias",
             description="gemma-3-270m with the project's MBIAS LoRA adapter (embedded default)",
         )
     return ModelEntry(
-        spec="llamacpp:gguf:gemma-3-270m" if fast else "hf:gguf:gemma-3-270m",
+        spec=gguf_spec(engine),
         prompt_style="fewshot",
         description="gemma-3-270m base model with a few-shot prompt (no adapter shipped yet)",
     )
@@ -63,7 +71,7 @@ def registry() -> dict[str, ModelEntry]:
     return {
         "mbias-270m": _embedded_entry(),
         "gemma-3-270m": ModelEntry(
-            spec="hf:gguf:gemma-3-270m",
+            spec=gguf_spec("hf"),
             prompt_style="fewshot",
             description="gemma-3-270m base model, few-shot prompt (the baseline)",
         ),

@@ -8,11 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mbias.config import cache_dir
+from mbias.config import EMBEDDED_GGUF, cache_dir
 from mbias.errors import MbiasError
 from mbias.prompts import STOP_STRINGS
-
-EMBEDDED_GGUF = "gguf:gemma-3-270m"
 
 
 def _status(message: str) -> None:

@@ -20,7 +20,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mbias.engines.hf import EMBEDDED_GGUF, embedded_gguf
+from mbias.config import EMBEDDED_GGUF
+from mbias.engines.hf import embedded_gguf
 from mbias.errors import MbiasError
 from mbias.prompts import STOP_STRINGS
 
