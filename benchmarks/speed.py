@@ -90,7 +90,7 @@ def screening_rates(engine: object, prompt_style: str, texts: list[str]) -> dict
 
     judge = load_judge("embedded")
     judge.score(texts[:2])
-    rates: dict[str, float] = {}
+    rates: dict[str, float] = {"batch_size": DebiasSettings().batch_size}
     for screen in (False, True):
         settings = DebiasSettings(screen=screen)
         debiaser = Debiaser(engine, judge=judge, prompt_style=prompt_style, settings=settings)
@@ -157,7 +157,7 @@ def main() -> None:
     print(f"peak resident memory of the engine: {peak_mib:.0f} MiB")
     if screening:
         print(
-            f"\nproduct path (Debiaser + embedded judge, batch 32): "
+            f"\nproduct path (Debiaser + embedded judge, batch {screening['batch_size']}): "
             f"screen off {screening['off']:.2f} texts/s, "
             f"screen on {screening['on']:.2f} texts/s ({screening['skipped']:.0%} of inputs judged clean, "
             f"{screening['on'] / screening['off']:.2f}x)"
