@@ -9,7 +9,9 @@ Splits (all rows with ``mbias.splits.is_heldout``, which ``mbias train`` never t
 ``--engines hf,llamacpp`` runs the adapter on both engines in the same run (the llama.cpp engine
 must stay within 2 points of transformers on every line). Every text is rewritten (no screening)
 so the figures measure the model; the embedded judge scores inputs and outputs. An empty output
-or a refusal counts as a failure (unsafe, zero retention).
+or a refusal counts as a failure (unsafe, zero retention). The last rows score the people-written
+rewrites of the splits that have them (ParaDetox references, the bias set's reviewed targets):
+how far the judges let a rewrite people accepted go.
 
     python benchmarks/quality.py --limit 100 --out quality.json
     python benchmarks/quality.py --adapter runs/cpu-small --limit 50 --batch-size 16 --out q.json
@@ -54,6 +56,31 @@ def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str]]]:
         random.Random(seed).shuffle(held)
         splits[name] = (kind, held[:limit])
     return splits
+
+
+def human_references(splits: dict[str, tuple[str, list[str]]]) -> dict[str, list[str]]:
+    """The people-written rewrite of each text, for the splits that have one: ParaDetox's first
+    neutral paraphrase and the bias set's reviewed target. Scored like a system, they show what
+    the judges make of a rewrite people accepted: a floor no model output is likely to beat."""
+    from mbias.records import read_records
+
+    pairs = {
+        "paradetox": {
+            r["toxic"].strip(): r["neutral1"]
+            for r in read_records(DATA / "paradetox" / "paradetox_train.tsv", "toxic")
+            if r.get("neutral1")
+        },
+        "bias-rewrite": {
+            r["biased_text"].strip(): r["debiased_text"]
+            for f in sorted((REPO / "data" / "bias").glob("*.jsonl"))
+            for r in read_records(f, "biased_text")
+        },
+    }
+    return {
+        name: [refs[t] for t in splits[name][1]]
+        for name, refs in pairs.items()
+        if name in splits and all(t in refs for t in splits[name][1])
+    }
 
 
 def adapter_settings(adapter: Path) -> dict[str, str]:
@@ -182,6 +209,11 @@ def main() -> None:
             timings[system] += seconds
             results[system][name] = figures(judge, kind, texts, outputs, inputs[name])
             print(f"{system} / {name}: {len(texts)} texts in {seconds:.0f} s", flush=True)
+    reference = "human reference (no model)"
+    results[reference] = {
+        name: figures(judge, splits[name][0], splits[name][1], outputs, inputs[name])
+        for name, outputs in human_references(splits).items()
+    }
     print(table(results))
     report = {
         "adapter": str(adapter),
