@@ -33,54 +33,38 @@ BASE = "hf:gguf:gemma-3-270m"
 FAILED = "no usable rewrite"
 
 
-def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str]]]:
-    """name -> (kind, texts), kind "biased" or "clean"; at most ``limit`` seeded picks per split."""
+def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str], list[str] | None]]:
+    """name -> (kind, texts, people-written rewrites or None); kind "biased" or "clean"; at most
+    ``limit`` seeded picks per split. The rewrites (ParaDetox's first neutral paraphrase, the bias
+    set's reviewed target) are scored like a system: what the judges make of a rewrite people
+    accepted, a floor no model output is likely to beat."""
     from mbias.records import read_records
     from mbias.splits import is_heldout
 
-    paradetox = [r["toxic"] for r in read_records(DATA / "paradetox" / "paradetox_train.tsv", "toxic")]
+    paradetox = read_records(DATA / "paradetox" / "paradetox_train.tsv", "toxic")
     bias = [
         r for f in sorted((REPO / "data" / "bias").glob("*.jsonl")) for r in read_records(f, "biased_text")
     ]
     toxigen = read_records(DATA / "toxigen-prompts" / "toxigen_statements.csv", "text")
-    pools = {
-        "paradetox": ("biased", paradetox),
-        "bias-rewrite": ("biased", [r["biased_text"] for r in bias if r.get("action") == "rewrite"]),
-        "bias-keep": ("clean", [r["biased_text"] for r in bias if r.get("action") == "keep"]),
-        "toxigen-hate": ("biased", [r["text"] for r in toxigen if r["label"] == "hate"]),
-        "toxigen-clean": ("clean", [r["text"] for r in toxigen if r["label"] == "neutral"]),
+    pools: dict[str, tuple[str, list[tuple[str, str | None]]]] = {
+        "paradetox": ("biased", [(r["toxic"], r.get("neutral1") or None) for r in paradetox]),
+        "bias-rewrite": (
+            "biased",
+            [(r["biased_text"], r["debiased_text"]) for r in bias if r.get("action") == "rewrite"],
+        ),
+        "bias-keep": ("clean", [(r["biased_text"], None) for r in bias if r.get("action") == "keep"]),
+        "toxigen-hate": ("biased", [(r["text"], None) for r in toxigen if r["label"] == "hate"]),
+        "toxigen-clean": ("clean", [(r["text"], None) for r in toxigen if r["label"] == "neutral"]),
     }
     splits = {}
-    for name, (kind, texts) in pools.items():
-        held = sorted({t.strip() for t in texts if t and t.strip() and is_heldout(t)})
+    for name, (kind, pairs) in pools.items():
+        references = {t.strip(): ref for t, ref in pairs if t and t.strip() and is_heldout(t)}
+        held = sorted(references)
         random.Random(seed).shuffle(held)
-        splits[name] = (kind, held[:limit])
+        texts = held[:limit]
+        refs = [references[t] for t in texts]
+        splits[name] = (kind, texts, refs if all(refs) else None)
     return splits
-
-
-def human_references(splits: dict[str, tuple[str, list[str]]]) -> dict[str, list[str]]:
-    """The people-written rewrite of each text, for the splits that have one: ParaDetox's first
-    neutral paraphrase and the bias set's reviewed target. Scored like a system, they show what
-    the judges make of a rewrite people accepted: a floor no model output is likely to beat."""
-    from mbias.records import read_records
-
-    pairs = {
-        "paradetox": {
-            r["toxic"].strip(): r["neutral1"]
-            for r in read_records(DATA / "paradetox" / "paradetox_train.tsv", "toxic")
-            if r.get("neutral1")
-        },
-        "bias-rewrite": {
-            r["biased_text"].strip(): r["debiased_text"]
-            for f in sorted((REPO / "data" / "bias").glob("*.jsonl"))
-            for r in read_records(f, "biased_text")
-        },
-    }
-    return {
-        name: [refs[t] for t in splits[name][1]]
-        for name, refs in pairs.items()
-        if name in splits and all(t in refs for t in splits[name][1])
-    }
 
 
 def adapter_settings(adapter: Path) -> dict[str, str]:
@@ -197,22 +181,22 @@ def main() -> None:
         systems[f"base (fewshot, {engines[0]})"] = (engine_spec(engines[0], base, None), "fewshot")
     judge = load_judge("embedded")
     splits = dev_splits(args.limit)
-    inputs = {name: score_inputs(judge, texts) for name, (_, texts) in splits.items()}
+    inputs = {name: score_inputs(judge, texts) for name, (_, texts, _) in splits.items()}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     timings: dict[str, float] = {}
     for system, (spec, style) in systems.items():
         results[system], timings[system] = {}, 0.0
         settings = DebiasSettings(batch_size=args.batch_size)  # no judge: no screening, every text rewritten
         debiaser = Debiaser(load_engine(spec), judge=None, prompt_style=style, settings=settings)
-        for name, (kind, texts) in splits.items():
+        for name, (kind, texts, _) in splits.items():
             outputs, seconds = rewrite(debiaser, texts)
             timings[system] += seconds
             results[system][name] = figures(judge, kind, texts, outputs, inputs[name])
             print(f"{system} / {name}: {len(texts)} texts in {seconds:.0f} s", flush=True)
-    reference = "human reference (no model)"
-    results[reference] = {
-        name: figures(judge, splits[name][0], splits[name][1], outputs, inputs[name])
-        for name, outputs in human_references(splits).items()
+    results["human reference (no model)"] = {
+        name: figures(judge, kind, texts, refs, inputs[name])
+        for name, (kind, texts, refs) in splits.items()
+        if refs is not None
     }
     print(table(results))
     report = {
