@@ -30,7 +30,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 BASE = "hf:gguf:gemma-3-270m"
-FAILED = "no usable rewrite"
 
 
 def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str], list[str] | None]]:
@@ -87,10 +86,12 @@ def engine_spec(engine: str, base: str, adapter: Path | None) -> str:
 
 def rewrite(debiaser: Any, texts: list[str]) -> tuple[list[str], float]:
     """The model's rewrite of each text ('' when it gave nothing usable), and seconds taken."""
+    from mbias.intervene import REASON_NO_REWRITE
+
     start = time.perf_counter()
     records = debiaser.debias(texts)
     seconds = time.perf_counter() - start
-    return ["" if str(r.get("reason", "")).startswith(FAILED) else r["rewrite"] for r in records], seconds
+    return ["" if r.get("reason") == REASON_NO_REWRITE else r["rewrite"] for r in records], seconds
 
 
 def figures(

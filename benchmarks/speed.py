@@ -85,7 +85,7 @@ def recipe_texts_per_second(spec: str, prompts: list[str], max_new_tokens: int) 
 def screening_rates(engine: object, prompt_style: str, texts: list[str]) -> dict[str, float]:
     """The whole ``mbias debias`` path (screen -> rewrite -> verify) on a mixed batch job, with the
     judge's screen on and off: what skipping clean texts buys. The judge is warmed up first."""
-    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.intervene import REASON_CLEAN, Debiaser, DebiasSettings
     from mbias.judges import load_judge
 
     judge = load_judge("embedded")
@@ -98,7 +98,7 @@ def screening_rates(engine: object, prompt_style: str, texts: list[str]) -> dict
         records = debiaser.debias(texts)
         rates["on" if screen else "off"] = len(texts) / (time.perf_counter() - start)
         if screen:
-            rates["skipped"] = sum(r.get("reason") == "input judged clean" for r in records) / len(texts)
+            rates["skipped"] = sum(r.get("reason") == REASON_CLEAN for r in records) / len(texts)
     return rates
 
 

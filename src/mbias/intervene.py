@@ -18,6 +18,10 @@ from mbias.judges import Judge, load_judge
 from mbias.prompts import clean_output, is_refusal, render
 from mbias.records import Record, texts_to_records
 
+# The reasons a record gives for not being rewritten; benchmarks count records by them.
+REASON_CLEAN = "input judged clean"
+REASON_NO_REWRITE = "no usable rewrite (empty or refusal)"
+
 
 @dataclass
 class DebiasSettings:
@@ -113,7 +117,7 @@ class Debiaser:
         for (record, tokens), score in zip(todo, scores):
             record.update({f"input_{k}": round(v, 4) for k, v in score.items()})
             if self.settings.screen and not self.judge.is_unsafe(score):
-                record.update(rewrite=record["text"], action="kept", reason="input judged clean")
+                record.update(rewrite=record["text"], action="kept", reason=REASON_CLEAN)
             else:
                 remaining.append((record, tokens))
         return remaining
@@ -133,9 +137,7 @@ class Debiaser:
         if len(candidates) > 1:
             record["candidates"] = candidates
         if not usable:
-            record.update(
-                rewrite=record["text"], action="flagged", reason="no usable rewrite (empty or refusal)"
-            )
+            record.update(rewrite=record["text"], action="flagged", reason=REASON_NO_REWRITE)
             return
         if self.judge is None:
             unchanged = " ".join(usable[0].split()) == " ".join(record["text"].split())
