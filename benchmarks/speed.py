@@ -7,6 +7,7 @@ measured in the same run. Example:
     python benchmarks/speed.py --cold          # also time the first-ever load (GGUF conversion)
     python benchmarks/speed.py --baseline none # skip the recipe baseline
     python benchmarks/speed.py --screening     # also the product path (judge screen on / off)
+    python benchmarks/speed.py --full-head     # also llama.cpp without the draft output head
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LOAD_SNIPPET = """
@@ -102,6 +104,16 @@ def screening_rates(engine: object, prompt_style: str, texts: list[str]) -> dict
     return rates
 
 
+def batch_job(engine: Any, prompts: list[str], size: int, new_tokens: int) -> tuple[float, int, list[str]]:
+    """Seconds, generated tokens and texts for ``prompts`` sent ``size`` at a time."""
+    start, tokens, texts = time.perf_counter(), 0, []
+    for i in range(0, len(prompts), size):
+        for outputs in engine.generate(prompts[i : i + size], max_new_tokens=new_tokens):
+            tokens += len(engine.tokenizer(outputs[0], add_special_tokens=False)["input_ids"])
+            texts.append(outputs[0])
+    return time.perf_counter() - start, tokens, texts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--engine", default="mbias-270m")
@@ -114,6 +126,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--screening", action="store_true", help="also time the product path, screen on/off")
+    parser.add_argument(
+        "--full-head", action="store_true", help="also time llama.cpp without the draft output head"
+    )
     args = parser.parse_args()
 
     from mbias.config import resolve
@@ -126,21 +141,25 @@ def main() -> None:
     print(f"warm load (fresh process, imports included): {timed_load(args.engine):.1f} s")
 
     entry = resolve(args.engine)
-    engine = load_engine(entry.spec, **({"threads": args.threads} if args.threads else {}))
+    thread_option = {"threads": args.threads} if args.threads else {}
+    engine = load_engine(entry.spec, **thread_option)
     texts = thirty_word_texts(args.texts)
     prompts = [render(t, entry.prompt_style, engine.tokenizer) for t in texts]
     engine.generate(prompts[:2], max_new_tokens=4)  # warm-up
-    rows = []
+    rows, outputs = [], []
     for size in [int(s) for s in args.batch_sizes.split(",")]:
-        start, tokens = time.perf_counter(), 0
-        for i in range(0, len(prompts), size):
-            for outputs in engine.generate(prompts[i : i + size], max_new_tokens=args.max_new_tokens):
-                tokens += len(engine.tokenizer(outputs[0], add_special_tokens=False)["input_ids"])
-        elapsed = time.perf_counter() - start
+        elapsed, tokens, outputs = batch_job(engine, prompts, size, args.max_new_tokens)
         rows.append((size, len(prompts) / elapsed, tokens / elapsed, elapsed / len(prompts)))
     base = rows[0][1]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before any baseline loads
     screening = screening_rates(engine, entry.prompt_style, texts) if args.screening else None
+    full_head = None
+    if args.full_head and entry.spec.startswith("llamacpp:"):  # packaged output layer, same prompts
+        full = load_engine(entry.spec, draft_head=False, **thread_option)
+        full.generate(prompts[:2], max_new_tokens=4)
+        elapsed, _, full_outputs = batch_job(full, prompts, rows[-1][0], args.max_new_tokens)
+        full_head = (len(prompts) / elapsed, sum(a == b for a, b in zip(outputs, full_outputs)))
+        del full
     recipe = None
     if args.baseline != "none":
         twin = transformers_twin(entry.spec) if args.baseline == "auto" else args.baseline
@@ -155,6 +174,13 @@ def main() -> None:
     if recipe:
         print(f"\nMBIAS recipe ({twin}: transformers pipeline, right padding, batch 8): {recipe:.2f} texts/s")
     print(f"peak resident memory of the engine: {peak_mib:.0f} MiB")
+    if full_head:
+        rate, same = full_head
+        print(
+            f"\nwithout the draft head (packaged Q8_0 output layer), batch {rows[-1][0]}: "
+            f"{rate:.2f} texts/s; "
+            f"draft head {rows[-1][1] / rate:.2f}x, identical texts {same}/{len(prompts)}"
+        )
     if screening:
         print(
             f"\nproduct path (Debiaser + embedded judge, batch {screening['batch_size']}): "

@@ -183,8 +183,11 @@ def test_llamacpp_spec_with_missing_files_fails_clearly(tmp_path):
     with pytest.raises(MbiasError, match="no GGUF model file"):
         load_engine(f"llamacpp:{tmp_path / 'none.gguf'}")
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf")
-    with pytest.raises(MbiasError, match=r"cannot load .*bad\.gguf") as info:
+    with pytest.raises(MbiasError, match=r"cannot read GGUF .*bad\.gguf: not a GGUF file") as info:
         load_engine(f"llamacpp:{tmp_path / 'bad.gguf'}")
+    assert "\n" not in str(info.value)
+    with pytest.raises(MbiasError, match=r"cannot load .*bad\.gguf") as info:
+        load_engine(f"llamacpp:{tmp_path / 'bad.gguf'}", draft_head=False)  # llama.cpp's own check
     assert "\n" not in str(info.value)
 
 

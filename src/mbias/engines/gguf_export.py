@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mbias.config import cache_dir
+from mbias.engines.gguf_layout import read_layout
 from mbias.errors import MbiasError
 
 # Architectures whose HF -> GGUF conversion keeps the projection weights as they are (llama-family
@@ -54,64 +55,6 @@ def _adapter_config(adapter: Path) -> dict[str, Any]:
     return config
 
 
-def _base_tensors(base_gguf: Path) -> tuple[str, int, dict[str, tuple[int, ...]]]:
-    """Architecture, block count and tensor shapes (GGUF order: input dimension first) of the base.
-
-    A direct scan of the header: gguf.GGUFReader turns each of gemma's 262k vocabulary entries into
-    numpy views and takes about 11 s; this skips the arrays and reads the same file in milliseconds.
-    """
-    import mmap
-    import struct
-
-    import numpy as np
-    from gguf import GGUF_MAGIC, GGUFReader, GGUFValueType
-
-    sizes = {t: dtype(0).itemsize for t, dtype in GGUFReader.gguf_scalar_to_np.items()}
-    try:
-        with open(base_gguf, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            magic, _, n_tensors, n_kv = struct.unpack_from("<IIQQ", data, 0)
-            if magic != GGUF_MAGIC:
-                raise ValueError("not a GGUF file")
-            offset, values = 24, {}
-
-            def text() -> str:
-                nonlocal offset
-                (length,) = struct.unpack_from("<Q", data, offset)
-                offset += 8 + length
-                return data[offset - length : offset].decode("utf-8", "replace")
-
-            for _ in range(n_kv):
-                key = text()
-                (kind,) = struct.unpack_from("<I", data, offset)
-                offset += 4
-                if kind == GGUFValueType.ARRAY:
-                    item, count = struct.unpack_from("<IQ", data, offset)
-                    offset += 12
-                    if item == GGUFValueType.STRING:
-                        for _ in range(count):
-                            text()
-                    else:
-                        offset += count * sizes[GGUFValueType(item)]
-                elif kind == GGUFValueType.STRING:
-                    values[key] = text()
-                else:
-                    dtype = GGUFReader.gguf_scalar_to_np[GGUFValueType(kind)]
-                    values[key] = np.frombuffer(data, dtype=dtype, count=1, offset=offset)[0]
-                    offset += sizes[GGUFValueType(kind)]
-            shapes = {}
-            for _ in range(n_tensors):
-                name = text()
-                (dims,) = struct.unpack_from("<I", data, offset)
-                shapes[name] = struct.unpack_from(f"<{dims}Q", data, offset + 4)
-                offset += 4 + 8 * dims + 4 + 8  # dims, type, data offset
-    except (OSError, ValueError, struct.error, KeyError) as exc:
-        raise MbiasError(f"cannot read base GGUF {base_gguf}: {exc}") from None
-    arch = values.get("general.architecture")
-    if arch is None:
-        raise MbiasError(f"{base_gguf}: no general.architecture; not a llama.cpp model file")
-    return arch, int(values.get(f"{arch}.block_count", 0)), shapes
-
-
 def _scaling(config: dict[str, Any], module: str, rank: int) -> float:
     """PEFT's scaling for one module: alpha (or its pattern override) over r (sqrt(r) with rsLoRA)."""
     alpha = config.get("lora_alpha", 8)
@@ -135,13 +78,16 @@ def lora_to_gguf(adapter: str | Path, base_gguf: str | Path, output: str | Path)
 
     adapter, output = Path(adapter), Path(output)
     config = _adapter_config(adapter)
-    arch, blocks, shapes = _base_tensors(Path(base_gguf))
+    layout = read_layout(Path(base_gguf))
+    arch, shapes = layout.arch, {name: info.shape for name, info in layout.tensors.items()}
     if arch not in SUPPORTED_ARCHS:
         raise MbiasError(
             f"LoRA to GGUF supports {', '.join(SUPPORTED_ARCHS)} bases, not {arch!r}: merge the adapter "
             "(mbias merge) and convert the merged model with llama.cpp's convert_hf_to_gguf.py"
         )
-    names = gguf.get_tensor_name_map(next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), blocks)
+    names = gguf.get_tensor_name_map(
+        next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch), layout.blocks
+    )
     pairs: dict[str, dict[str, Any]] = {}
     with safe_open(adapter / "adapter_model.safetensors", framework="pt") as weights:
         for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)

@@ -6,7 +6,9 @@ and each ``llama_decode`` advances all unfinished rows by one token. The prompt 
 share (the MBIAS instruction, the few-shot block) is evaluated once in sequence 0 and its KV
 cells are copied to the other rows; it also stays cached between calls, so the next batch only
 evaluates what differs. LoRA adapters load beside the base as GGUF files
-(:mod:`mbias.engines.gguf_export` converts PEFT adapters once and caches the result).
+(:mod:`mbias.engines.gguf_export` converts PEFT adapters once and caches the result). For gemma-3
+the output layer, the largest cost per token, runs as a fast draft whose proposals are re-scored
+exactly (:mod:`mbias.engines.draft_head`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mbias.config import EMBEDDED_GGUF
+from mbias.engines.draft_head import ExactHead, cached_draft_gguf
 from mbias.engines.hf import embedded_gguf
 from mbias.errors import MbiasError
 from mbias.prompts import STOP_STRINGS
@@ -139,7 +142,8 @@ class LlamaCppEngine:
 
     ``n_ctx`` is the KV cache shared by all rows of one batch (prompt prefix once, then each row's
     own tokens and answer); ``max_rows`` rows decode together, more are processed in turn;
-    ``threads`` defaults to :func:`idle_cores`; ``seed`` makes sampled candidates repeatable.
+    ``threads`` defaults to :func:`idle_cores`; ``seed`` makes sampled candidates repeatable;
+    ``draft_head`` (default on where the model allows it) picks tokens through the draft head.
     """
 
     def __init__(
@@ -151,6 +155,7 @@ class LlamaCppEngine:
         max_rows: int = 32,
         threads: int | None = None,
         seed: int = 0,
+        draft_head: bool = True,
         **_: Any,
     ):
         import numpy as np
@@ -160,16 +165,19 @@ class LlamaCppEngine:
         if not path.is_file():
             raise MbiasError(f"llamacpp: no GGUF model file at {source!r}")
         self.name = f"llamacpp:{source}" + (f"+lora:{lora}" if lora else "")
+        draft = cached_draft_gguf(path) if draft_head else None
         _errors.clear()
         llama.llama_backend_init()
-        model = llama.llama_model_load_from_file(str(path).encode(), llama.llama_model_default_params())
+        weights = draft or path
+        model = llama.llama_model_load_from_file(str(weights).encode(), llama.llama_model_default_params())
         if not model:
-            raise MbiasError(f"llama.cpp cannot load {path}{_reason()}")
+            raise MbiasError(f"llama.cpp cannot load {weights}{_reason()}")
         params = llama.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, 512, 512, max_rows
         params.n_threads = params.n_threads_batch = threads or idle_cores()
         params.kv_unified = True  # one cache: the shared prefix's cells serve every row
         params.no_perf = True
+        params.pooling_type = llama.LLAMA_POOLING_TYPE_NONE  # per-token hidden states (draft head)
         context = llama.llama_init_from_model(model, params)
         if not context:
             llama.llama_model_free(model)
@@ -179,6 +187,10 @@ class LlamaCppEngine:
         weakref.finalize(self, _free, llama, self._batch, context, model)
         if lora:
             self._load_lora(model, lora, path)
+        self._exact = ExactHead(draft) if draft else None
+        self._n_embd = llama.llama_model_n_embd(model)
+        self._hidden: Any = None  # final hidden states of the last decode's output rows (draft head)
+        self._embeddings_on = False
         self._vocab = llama.llama_model_get_vocab(model)
         self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
         self.tokenizer = LlamaTokenizer(llama, self._vocab)
@@ -243,10 +255,30 @@ class LlamaCppEngine:
         return [*groups, group] if group else groups
 
     def _decode(self, entries: list[tuple[int, int, int, bool]]) -> Any:
-        """Feed (token, position, sequence, wants logits) entries; the logits rows, in entry order."""
+        """Feed (token, position, sequence, wants logits) entries; the logits rows, in entry order.
+
+        With the draft head the hidden states of those rows are kept too. llama.cpp outputs every
+        token of a batch while embeddings are on, so the tokens that want nothing (a prompt's body)
+        go first with them off; each sequence still receives its tokens in order.
+        """
+        if self._exact is None:
+            return self._forward(entries)
+        quiet, wanted = [e for e in entries if not e[3]], [e for e in entries if e[3]]
+        if quiet:
+            self._set_embeddings(False)
+            self._forward(quiet)
+        self._set_embeddings(True)
+        return self._forward(wanted, keep_hidden=True)
+
+    def _set_embeddings(self, on: bool) -> None:
+        if on != self._embeddings_on:
+            self._llama.llama_set_embeddings(self._context, on)
+            self._embeddings_on = on
+
+    def _forward(self, entries: list[tuple[int, int, int, bool]], keep_hidden: bool = False) -> Any:
         import numpy as np
 
-        llama, batch, outputs = self._llama, self._batch, []
+        llama, batch, outputs, hidden = self._llama, self._batch, [], []
         for start in range(0, len(entries), self.n_batch):
             if outputs:
                 outputs[-1] = outputs[-1].copy()  # the next decode overwrites llama.cpp's logits buffer
@@ -262,6 +294,11 @@ class LlamaCppEngine:
             if wanted:
                 pointer = llama.llama_get_logits(self._context)
                 outputs.append(np.ctypeslib.as_array(pointer, shape=(wanted, self._n_vocab)))
+                if keep_hidden:
+                    pointer = llama.llama_get_embeddings(self._context)
+                    hidden.append(np.ctypeslib.as_array(pointer, shape=(wanted, self._n_embd)).copy())
+        if keep_hidden:
+            self._hidden = np.concatenate(hidden) if hidden else None
         if len(outputs) == 1:
             return outputs[0]  # a view, valid until the next decode: callers use it before that
         return np.concatenate(outputs) if outputs else np.empty((0, self._n_vocab), dtype=np.float32)
@@ -318,12 +355,17 @@ class LlamaCppEngine:
         """Next token per row: argmax, or a draw from the top-k / top-p nucleus at ``temperature``."""
         import numpy as np
 
+        exact = self._exact
         if temperature <= 0:
-            return logits.argmax(axis=1)
-        top = np.argpartition(logits, -TOP_K, axis=1)[:, -TOP_K:]
-        scores = np.take_along_axis(logits, top, axis=1) / temperature
-        order = np.argsort(-scores, axis=1)
-        top, scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(scores, order, axis=1)
+            return exact.greedy(logits, self._hidden) if exact else logits.argmax(axis=1)
+        if exact:
+            top, scores = exact.top_k(logits, self._hidden, TOP_K)
+        else:
+            top = np.argpartition(logits, -TOP_K, axis=1)[:, -TOP_K:]
+            scores = np.take_along_axis(logits, top, axis=1)
+            order = np.argsort(-scores, axis=1)
+            top, scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        scores = scores / temperature
         probs = np.exp(scores - scores[:, :1])
         probs /= probs.sum(axis=1, keepdims=True)
         probs[np.cumsum(probs, axis=1) - probs >= TOP_P] = 0.0  # outside the nucleus (never the top 1)
