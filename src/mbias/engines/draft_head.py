@@ -13,13 +13,11 @@ original head, computed without llama.cpp's 8-bit rounding of the hidden state.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mbias.config import cache_dir
-from mbias.engines.gguf_layout import read_layout
+from mbias.engines.gguf_layout import read_layout, write_atomically
 
 # Architectures whose llama.cpp graph takes an optional output.weight and applies nothing after it
 # (gemma-2's final logit soft-capping would need re-scoring to follow); checked end to end in tests.
@@ -87,20 +85,7 @@ def build_draft_gguf(base: Path, output: Path) -> Path:
         ]
     )
     writer.add_tensor(OUTPUT, draft, raw_shape=draft.shape, raw_dtype=GGMLQuantizationType.Q4_0)
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer.write_header_to_file(staging)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(staging, 0o644)
-        os.replace(staging, output)  # atomic: a concurrent reader never sees half a file
-    finally:
-        Path(staging).unlink(missing_ok=True)
-    return output
+    return write_atomically(writer, output)
 
 
 def cached_draft_gguf(base: Path) -> Path | None:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mbias.config import cache_dir
-from mbias.engines.gguf_layout import read_layout
+from mbias.engines.gguf_layout import read_layout, write_atomically
 from mbias.errors import MbiasError
 
 # Architectures whose HF -> GGUF conversion keeps the projection weights as they are (llama-family
@@ -119,19 +117,7 @@ def lora_to_gguf(adapter: str | Path, base_gguf: str | Path, output: str | Path)
             f"{target}.weight.lora_b", (b * _scaling(config, module, a.shape[0])).astype(np.float16)
         )
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer.write_header_to_file(staging)
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(staging, 0o644)
-        os.replace(staging, output)  # atomic: a concurrent reader never sees half a file
-    finally:
-        Path(staging).unlink(missing_ok=True)
-    return output
+    return write_atomically(writer, output)
 
 
 def cached_lora_gguf(adapter: str | Path, base_gguf: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""Where things are in a GGUF file: architecture, block count, and each tensor's shape, type and offset.
+"""GGUF files: where things are in one (architecture, block count, each tensor's shape, type and
+offset), and writing one so that no reader ever sees half of it.
 
 gguf.GGUFReader turns each of gemma's 262k vocabulary entries into numpy views and takes about 8 s;
 engines read the header at every load, so this scan skips the arrays and reads the same file in
@@ -7,8 +8,11 @@ milliseconds.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mbias.errors import MbiasError
 
@@ -89,3 +93,21 @@ def read_layout(path: Path) -> GgufLayout:
     data_start = -(-offset // alignment) * alignment
     tensors = {name: TensorInfo(s, k, data_start + o) for name, (s, k, o) in relative.items()}
     return GgufLayout(arch, int(values.get(f"{arch}.block_count", 0)), tensors)
+
+
+def write_atomically(writer: Any, output: Path) -> Path:
+    """Write a ``gguf.GGUFWriter`` created without a path to ``output`` through a temporary file in
+    the same folder, renamed into place: caches shared by concurrent processes stay whole."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer.write_header_to_file(staging)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.chmod(staging, 0o644)
+        os.replace(staging, output)
+    finally:
+        Path(staging).unlink(missing_ok=True)
+    return output

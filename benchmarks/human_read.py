@@ -1,0 +1,118 @@
+"""A blind human read of rewrites: is the output still biased or toxic? Separates the model from the judge.
+
+The embedded judges flag people-written rewrites too (21 % of the bias set's reviewed targets are
+judged toxic), so their figures mix model errors with judge errors. This script writes a sheet of
+(input, candidate) rows from one or more adapters and, where the split has them, the people-written
+rewrites, shuffled and without saying which system wrote which; a person fills in ``unsafe`` (1:
+still biased or toxic by docs/ANNOTATION.md, 0: fair); ``tally`` then un-blinds the sheet.
+
+    python benchmarks/human_read.py sheet --split bias-rewrite --system v3=runs/mbias-270m-v3 --out read.jsonl
+    # fill in "unsafe" on every row of read.jsonl, then
+    python benchmarks/human_read.py tally read.jsonl
+
+Candidates already labelled in earlier sheets (``--labels``) come pre-filled, so a new system only
+adds its own new texts to read. The key (which system wrote each row) is in ``<out>.key.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+REFERENCE = "reference"
+
+
+def rewrites(adapter: str, texts: list[str]) -> list[str]:
+    """Greedy rewrites by the shipped engine (llama.cpp, or transformers without the extra)."""
+    import importlib.util
+
+    from mbias.config import gguf_spec
+    from mbias.engines import load_engine
+    from mbias.prompts import clean_output, render
+
+    engine_kind = "llamacpp" if importlib.util.find_spec("llama_cpp") else "hf"
+    engine = load_engine(gguf_spec(engine_kind, adapter=adapter))
+    outputs = engine.generate([render(t, "mbias") for t in texts], max_new_tokens=96)
+    return [clean_output(o[0], t) for o, t in zip(outputs, texts)]
+
+
+def sheet(args: argparse.Namespace) -> None:
+    from quality import dev_splits
+
+    _, texts, references = dev_splits(args.pool)[args.split]
+    picks = sorted(random.Random(args.seed).sample(range(len(texts)), min(args.n, len(texts))))
+    texts = [texts[i] for i in picks]
+    systems = {REFERENCE: [references[i] for i in picks]} if references else {}
+    for item in args.system:
+        name, _, adapter = item.partition("=")
+        systems[name] = rewrites(adapter, texts)
+    known = {}
+    for path in args.labels:
+        for row in map(json.loads, Path(path).read_text().splitlines()):
+            if row.get("unsafe") in (0, 1):
+                known[(row["text"], row["candidate"])] = row["unsafe"]
+    rows: dict[tuple[str, str], list[str]] = {}
+    for name, outputs in systems.items():
+        for text, candidate in zip(texts, outputs):
+            rows.setdefault((text, candidate), []).append(name)
+    order = list(rows)
+    random.Random(args.seed + 1).shuffle(order)
+    out = Path(args.out)
+    with out.open("w") as file:
+        for text, candidate in order:
+            row = {"text": text, "candidate": candidate, "unsafe": known.get((text, candidate))}
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+    key = {"split": args.split, "n": len(texts), "rows": [rows[k] for k in order]}
+    Path(f"{out}.key.json").write_text(json.dumps(key, indent=1))
+    todo = sum(1 for k in order if k not in known)
+    print(f"wrote {len(order)} rows to {out} ({todo} to read, {len(order) - todo} labelled before)")
+
+
+def tally(args: argparse.Namespace) -> None:
+    from mbias.judges import load_judge
+
+    path = Path(args.sheet)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    key = json.loads(Path(f"{path}.key.json").read_text())
+    missing = [i + 1 for i, row in enumerate(rows) if row.get("unsafe") not in (0, 1)]
+    if missing:
+        raise SystemExit(f"{path}: rows {missing[:10]} have no 0/1 'unsafe' label yet")
+    judge = load_judge("embedded")
+    flagged = [judge.is_unsafe(s) for s in judge.score([r["candidate"] for r in rows])]
+    print(f"{key['split']}: {key['n']} held-out inputs, a blind read of {len(rows)} distinct rewrites")
+    print(f"{'system':>12} {'still biased or toxic':>22} {'judge flags':>12} {'judge agrees':>13}")
+    for name in sorted({n for names in key["rows"] for n in names}):
+        mine = [i for i, names in enumerate(key["rows"]) if name in names]
+        human = sum(rows[i]["unsafe"] for i in mine)
+        machine = sum(flagged[i] for i in mine)
+        agree = sum(rows[i]["unsafe"] == flagged[i] for i in mine)
+        print(
+            f"{name:>12} {human:>9}/{len(mine)} = {100 * human / len(mine):5.1f} % "
+            f"{100 * machine / len(mine):10.1f} % {100 * agree / len(mine):12.1f} %"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("sheet", help="write a blind sheet to label")
+    make.add_argument("--split", default="bias-rewrite", help="a benchmarks/quality.py split")
+    make.add_argument("--pool", type=int, default=300, help="quality.py's --limit: the pool sampled from")
+    make.add_argument("--n", type=int, default=50, help="held-out inputs to sample from the pool")
+    make.add_argument("--seed", type=int, default=1)
+    make.add_argument("--system", action="append", default=[], help="NAME=ADAPTER_DIR (repeatable)")
+    make.add_argument("--labels", action="append", default=[], help="earlier labelled sheets to reuse")
+    make.add_argument("--out", required=True)
+    count = commands.add_parser("tally", help="un-blind a labelled sheet")
+    count.add_argument("sheet")
+    args = parser.parse_args()
+    sheet(args) if args.command == "sheet" else tally(args)
+
+
+if __name__ == "__main__":
+    main()
