@@ -94,6 +94,20 @@ def test_draft_file_is_built_once_and_cached(tmp_path, monkeypatch):
     assert cached_draft_gguf(write_model(tmp_path / "own.gguf", tied=False)[0]) is None
 
 
+def test_a_cache_that_cannot_take_the_copy_means_no_draft_not_a_crash(tmp_path, monkeypatch):
+    from mbias.engines import draft_head
+
+    monkeypatch.setattr(draft_head, "cache_dir", lambda: tmp_path / "cache")
+    base, _ = write_model(tmp_path / "base.gguf")
+
+    def full_disk(base: Path, output: Path) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(draft_head, "build_draft_gguf", full_disk)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        assert cached_draft_gguf(base) is None
+
+
 def test_layout_offsets_point_at_the_tensor_bytes(tmp_path):
     from gguf import GGUFReader
 
