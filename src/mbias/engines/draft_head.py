@@ -6,8 +6,9 @@ Q4_0 weights much faster, but Q4_0 logits move by up to ~4 and a Q4_0 embedding 
 of judged quality (docs/RESULTS.md). So the engine loads a copy of the model with a separate Q4_0
 ``output.weight`` (the input embedding stays as it was) whose logits only *propose*: a row whose
 leading draft token is far ahead of the next takes it; every other row re-scores a short list with
-the model's own embedding rows against the final hidden state, in float32. The text is that of the
-original head, computed without llama.cpp's 8-bit rounding of the hidden state.
+the model's own embedding rows against the final hidden state, in float32. The chosen token is the
+original head's (computed without llama.cpp's 8-bit rounding of the hidden state) wherever the
+draft errs by less than ``LEAD / 2``, which held at every step measured.
 """
 
 from __future__ import annotations
@@ -120,12 +121,11 @@ class ExactHead:
 
     def __init__(self, path: Path):
         import numpy as np
+        from gguf.quants import quant_shape_to_byte_shape
 
         info = read_layout(path).tensors[EMBEDDING]
         self._type = info.type
         width, vocab = info.shape
-        from gguf.quants import quant_shape_to_byte_shape
-
         row_bytes = quant_shape_to_byte_shape((width,), self._type)[0]
         self._rows = np.memmap(path, dtype=np.uint8, mode="r", offset=info.offset, shape=(vocab, row_bytes))
 
