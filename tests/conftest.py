@@ -75,7 +75,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Tests never write to the user's cache, except the converted embedded model (shared, slow to make)."""
+    """Tests never write to the user's cache, except the embedded model's converted forms (shared, slow to
+    make: the transformers weights, the llama.cpp draft-head copy, GGUF LoRAs of shipped adapters)."""
     monkeypatch.setenv("MBIAS_JUDGE", os.environ.get("MBIAS_TEST_JUDGE", "none"))
 
 
