@@ -94,12 +94,12 @@ def cached_draft_gguf(base: Path) -> Path | None:
     """The copy of ``base`` with a draft head, built once (about 15 s and 350 MB for gemma-3-270m)
     and cached; None where :func:`draftable` says no, or where the copy cannot be written (a full
     or read-only cache): the engine then runs the packaged output layer, slower but the same."""
-    if not draftable(base):
-        return None
     digest = hashlib.sha256(f"{base.resolve()}:{base.stat().st_size}:{base.stat().st_mtime_ns}".encode())
     target = cache_dir() / "gguf" / f"{base.stem}.draft-q4_0.{digest.hexdigest()[:12]}.gguf"
-    if target.exists():
+    if target.exists():  # only a draftable base ever gets one: no need to scan the base again
         return target
+    if not draftable(base):
+        return None
     try:
         return build_draft_gguf(base, target)
     except OSError as exc:
