@@ -10,6 +10,10 @@ still biased or toxic by docs/ANNOTATION.md, 0: fair); ``tally`` then un-blinds 
     # fill in "unsafe" on every row of read.jsonl, then
     python benchmarks/human_read.py tally read.jsonl
 
+``--product NAME=ADAPTER`` adds what ``mbias debias`` returns (judge screen, judge-verified
+retries) next to the greedy rewrites of ``--system``: the read that says whether the retries fix
+texts or only slip them under the judge.
+
 Candidates already labelled in earlier sheets (``--labels``) come pre-filled, so a new system only
 adds its own new texts to read. The key (which system wrote each row) is in ``<out>.key.json``.
 """
@@ -27,18 +31,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 REFERENCE = "reference"
 
 
-def rewrites(adapter: str, texts: list[str]) -> list[str]:
-    """Greedy rewrites by the shipped engine (llama.cpp, or transformers without the extra)."""
+def _engine(adapter: str):
+    """The shipped engine kind (llama.cpp, or transformers without the extra) with ``adapter``."""
     import importlib.util
 
     from mbias.config import gguf_spec
     from mbias.engines import load_engine
+
+    kind = "llamacpp" if importlib.util.find_spec("llama_cpp") else "hf"
+    return load_engine(gguf_spec(kind, adapter=adapter))
+
+
+def rewrites(adapter: str, texts: list[str]) -> list[str]:
+    """Greedy rewrites: the model alone."""
     from mbias.prompts import clean_output, render
 
-    engine_kind = "llamacpp" if importlib.util.find_spec("llama_cpp") else "hf"
-    engine = load_engine(gguf_spec(engine_kind, adapter=adapter))
-    outputs = engine.generate([render(t, "mbias") for t in texts], max_new_tokens=96)
+    outputs = _engine(adapter).generate([render(t, "mbias") for t in texts], max_new_tokens=96)
     return [clean_output(o[0], t) for o, t in zip(outputs, texts)]
+
+
+def product_rewrites(adapter: str, texts: list[str]) -> list[str]:
+    """What ``mbias debias`` returns with its defaults: screened, verified, retried by the judge."""
+    from mbias.intervene import Debiaser
+    from mbias.judges import load_judge
+
+    return [r["rewrite"] for r in Debiaser(_engine(adapter), judge=load_judge("embedded")).debias(texts)]
 
 
 def sheet(args: argparse.Namespace) -> None:
@@ -48,9 +65,10 @@ def sheet(args: argparse.Namespace) -> None:
     picks = sorted(random.Random(args.seed).sample(range(len(texts)), min(args.n, len(texts))))
     texts = [texts[i] for i in picks]
     systems = {REFERENCE: [references[i] for i in picks]} if references else {}
-    for item in args.system:
-        name, _, adapter = item.partition("=")
-        systems[name] = rewrites(adapter, texts)
+    for items, make in ((args.system, rewrites), (args.product, product_rewrites)):
+        for item in items:
+            name, _, adapter = item.partition("=")
+            systems[name] = make(adapter, texts)
     known = {}
     for path in args.labels:
         for row in map(json.loads, Path(path).read_text().splitlines()):
@@ -106,6 +124,7 @@ def main() -> None:
     make.add_argument("--n", type=int, default=50, help="held-out inputs to sample from the pool")
     make.add_argument("--seed", type=int, default=1)
     make.add_argument("--system", action="append", default=[], help="NAME=ADAPTER_DIR (repeatable)")
+    make.add_argument("--product", action="append", default=[], help="NAME=ADAPTER_DIR, as debias runs it")
     make.add_argument("--labels", action="append", default=[], help="earlier labelled sheets to reuse")
     make.add_argument("--out", required=True)
     count = commands.add_parser("tally", help="un-blind a labelled sheet")

@@ -13,9 +13,15 @@ or a refusal counts as a failure (unsafe, zero retention). The last rows score t
 rewrites of the splits that have them (ParaDetox references, the bias set's reviewed targets):
 how far the judges let a rewrite people accepted go.
 
+``--product`` adds the product path on the first engine: the embedded judge screens inputs and,
+when no greedy rewrite passes it, samples ``DebiasSettings.retries`` more and picks. The judge that
+picks is the judge that scores, so that line flatters itself; benchmarks/human_read.py is its
+independent check.
+
     python benchmarks/quality.py --limit 100 --out quality.json
     python benchmarks/quality.py --adapter runs/cpu-small --limit 50 --batch-size 16 --out q.json
     python benchmarks/quality.py --engines hf,llamacpp --no-baseline --out parity.json
+    python benchmarks/quality.py --engines llamacpp --product --no-baseline --limit 300 --out p.json
 """
 
 from __future__ import annotations
@@ -167,28 +173,45 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="texts per split")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-baseline", action="store_true", help="skip the few-shot base model")
+    parser.add_argument(
+        "--product", action="store_true", help="add the judge-screened, judge-retried product path"
+    )
     parser.add_argument("--out", required=True, help="JSON file for the figures")
     args = parser.parse_args()
 
     adapter = Path(args.adapter)
     if not (adapter / "adapter_config.json").exists():
         raise MbiasError(f"{adapter}: no adapter_config.json (train one with mbias train, or pass --adapter)")
-    settings = adapter_settings(adapter)
-    base = args.base or settings["base"]
+    trained = adapter_settings(adapter)
+    base = args.base or trained["base"]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    style = settings["prompt_style"]
-    systems = {f"adapter ({style}, {e})": (engine_spec(e, base, adapter), style) for e in engines}
-    if not args.no_baseline:
-        systems[f"base (fewshot, {engines[0]})"] = (engine_spec(engines[0], base, None), "fewshot")
+    style = trained["prompt_style"]
     judge = load_judge("embedded")
+    model_only = DebiasSettings(batch_size=args.batch_size, retries=0)  # with no judge: every text rewritten
+    systems = {
+        f"adapter ({style}, {e})": (engine_spec(e, base, adapter), style, None, model_only) for e in engines
+    }
+    if args.product:
+        systems[f"product: + screen + judge retries ({engines[0]})"] = (
+            engine_spec(engines[0], base, adapter),
+            style,
+            judge,
+            DebiasSettings(batch_size=args.batch_size),
+        )
+    if not args.no_baseline:
+        systems[f"base (fewshot, {engines[0]})"] = (
+            engine_spec(engines[0], base, None),
+            "fewshot",
+            None,
+            model_only,
+        )
     splits = dev_splits(args.limit)
     inputs = {name: score_inputs(judge, texts) for name, (_, texts, _) in splits.items()}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     timings: dict[str, float] = {}
-    for system, (spec, style) in systems.items():
+    for system, (spec, style, picker, settings) in systems.items():
         results[system], timings[system] = {}, 0.0
-        settings = DebiasSettings(batch_size=args.batch_size)  # no judge: no screening, every text rewritten
-        debiaser = Debiaser(load_engine(spec), judge=None, prompt_style=style, settings=settings)
+        debiaser = Debiaser(load_engine(spec), judge=picker, prompt_style=style, settings=settings)
         for name, (kind, texts, _) in splits.items():
             outputs, seconds = rewrite(debiaser, texts)
             timings[system] += seconds

@@ -133,8 +133,8 @@ class FixedJudge:
             for s, o in zip(sources, outputs)
         ]
 
-    def is_unsafe(self, scores):
-        return scores["toxicity"] >= 0.5
+    def is_unsafe(self, scores, margin=1.0):
+        return scores["toxicity"] >= 0.5 * margin
 
 
 def test_debiaser_never_returns_empty():
@@ -157,6 +157,65 @@ def test_debiaser_screens_and_chooses_safest_candidate():
     assert toxic["action"] == "rewritten" and toxic["rewrite"] == "please fix the printer"
     assert len(engine.calls) == 1 and len(engine.calls[0]) == 1  # the clean text skipped generation
     assert toxic["input_toxicity"] == 1.0 and toxic["toxicity"] == 0.0
+
+
+class GradedJudge(FixedJudge):
+    """Toxicity 0.3 for "jerk": below the verify threshold, above a screen margin of 0.5."""
+
+    def score(self, texts):
+        def toxicity(text):
+            return 1.0 if "idiot" in text else 0.3 if "jerk" in text else 0.0
+
+        return [{"toxicity": toxicity(t), "bias": 0.0} for t in texts]
+
+
+def test_screen_margin_sends_borderline_texts_to_the_rewriter():
+    for margin, generated in ((1.0, 0), (0.5, 1)):
+        engine = ScriptedEngine(["fix the printer, jerk"])
+        settings = DebiasSettings(screen_margin=margin, retries=0)
+        debiaser = Debiaser(engine, judge=GradedJudge(), prompt_style="mbias", settings=settings)
+        [record] = debiaser.debias(["fix the printer, jerk"])
+        assert len(engine.calls) == generated
+        assert record["action"] == "kept" and record["rewrite"] == "fix the printer, jerk"
+
+
+class TwoStageEngine(ScriptedEngine):
+    """Greedy calls copy the text (a copy of a toxic text fails the judge); sampled calls return
+    ``sampled``. Which texts get retried, and how, is then visible in ``calls``."""
+
+    def __init__(self, sampled):
+        super().__init__(sampled)
+        self.temperatures = []
+
+    def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
+        self.calls.append(prompts)
+        self.temperatures.append(temperature)
+        if temperature == 0:
+            return [[p.split("Text: ")[-1].split("\n")[0]] * n for p in prompts]
+        return [self.outputs[:n] for _ in prompts]
+
+
+def test_debiaser_retries_only_failed_texts_with_sampling():
+    engine = TwoStageEngine(["idiot", "please fix the printer", "x"])
+    settings = DebiasSettings(retries=3, screen=False)
+    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias", settings=settings)
+    fixed, passed = debiaser.debias(["you idiot fix the printer", "fix the printer now"])
+    assert engine.temperatures == [0.0, 0.8]
+    assert engine.calls[1] == [engine.calls[0][0]]  # only the text whose greedy rewrite failed
+    assert fixed["action"] == "rewritten" and fixed["rewrite"] == "please fix the printer"
+    assert fixed["retried"] is True and "reason" not in fixed
+    assert fixed["candidates"][0] == "you idiot fix the printer"  # the greedy one stays a candidate
+    assert passed["action"] == "kept" and "retried" not in passed
+
+    still = TwoStageEngine(["idiot", "idiot!"])
+    [record] = Debiaser(still, judge=FixedJudge(), prompt_style="mbias").debias(["you idiot"])
+    assert record["action"] == "flagged" and record["reason"] == "no candidate judged safe"
+    assert record["retried"] is True and record["rewrite"].strip()
+
+    off = TwoStageEngine(["calm"])
+    no_retries = DebiasSettings(retries=0)
+    Debiaser(off, judge=FixedJudge(), prompt_style="mbias", settings=no_retries).debias(["idiot"])
+    assert off.temperatures == [0.0]
 
 
 def test_debiaser_flags_empty_and_too_long_inputs():

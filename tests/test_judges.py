@@ -94,6 +94,10 @@ def test_is_unsafe_uses_each_heads_own_threshold():
     assert not judge.is_unsafe({"toxicity": 0.29, "bias": 0.79})
     assert judge.is_unsafe({"toxicity": 0.0, "bias": 0.8})
     assert judge.labels({"toxicity": 0.5, "bias": 0.5}) == {"toxicity": 1, "bias": 0}
+    # a screen's margin scales every head's threshold: 0.29 clears 0.3 but not 0.5 x 0.3
+    assert judge.is_unsafe({"toxicity": 0.29, "bias": 0.0}, margin=0.5)
+    assert judge.is_unsafe({"toxicity": 0.0, "bias": 0.41}, margin=0.5)
+    assert not judge.is_unsafe({"toxicity": 0.14, "bias": 0.39}, margin=0.5)
 
 
 class CountingEncoder:

@@ -21,6 +21,9 @@ from mbias.records import Record, texts_to_records
 # The reasons a record gives for not being rewritten; benchmarks count records by them.
 REASON_CLEAN = "input judged clean"
 REASON_NO_REWRITE = "no usable rewrite (empty or refusal)"
+REASON_UNSAFE = "no candidate judged safe"
+REASON_LOST_MEANING = "rewrite lost the meaning"
+RETRIED_REASONS = (REASON_NO_REWRITE, REASON_UNSAFE, REASON_LOST_MEANING)
 
 
 @dataclass
@@ -33,7 +36,16 @@ class DebiasSettings:
     candidates: int = 1
     temperature: float = 0.0
     screen: bool = True  # skip generation for texts the judge finds clean
+    # A text skips generation only when every score is below this share of the judge's threshold.
+    # At 1.0 the screen let through 71 % of the mbias-test inputs the paper's GPT judge flagged and
+    # left copies of 13 of 50 biased inputs in a blind read; at 0.35, 91 % (docs/RESULTS.md).
+    screen_margin: float = 0.35
     min_similarity: float = 0.5  # below this a candidate has lost the message
+    # When no candidate passes the judge, sample this many more and choose again (0: never).
+    # Only failures pay for it; the judge that picks is the one that scores, so benchmarks that
+    # measure the model itself set it to 0 and a blind human read measures what it buys.
+    retries: int = 4
+    retry_temperature: float = 0.8
 
 
 class InputTooLong(MbiasError):
@@ -116,7 +128,7 @@ class Debiaser:
         remaining = []
         for (record, tokens), score in zip(todo, scores):
             record.update({f"input_{k}": round(v, 4) for k, v in score.items()})
-            if self.settings.screen and not self.judge.is_unsafe(score):
+            if self.settings.screen and not self.judge.is_unsafe(score, margin=self.settings.screen_margin):
                 record.update(rewrite=record["text"], action="kept", reason=REASON_CLEAN)
             else:
                 remaining.append((record, tokens))
@@ -128,9 +140,20 @@ class Debiaser:
         prompts = [render(r["text"], self.prompt_style, tokenizer) for r, _ in todo]
         budget = min(s.max_new_tokens, int(1.5 * max(t for _, t in todo)) + 24)
         raw = self.engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
-        for (record, _), outputs in zip(todo, raw):
-            candidates = [clean_output(o, record["text"]) for o in outputs]
+        tried = [[clean_output(o, r["text"]) for o in outputs] for (r, _), outputs in zip(todo, raw)]
+        for (record, _), candidates in zip(todo, tried):
             self._choose(record, candidates)
+        failed = [i for i, (r, _) in enumerate(todo) if r.get("reason") in RETRIED_REASONS]
+        if not failed or s.retries < 1:
+            return
+        raw = self.engine.generate(
+            [prompts[i] for i in failed], max_new_tokens=budget, temperature=s.retry_temperature, n=s.retries
+        )
+        for i, outputs in zip(failed, raw):
+            record = todo[i][0]
+            record.pop("reason")
+            record["retried"] = True
+            self._choose(record, tried[i] + [clean_output(o, record["text"]) for o in outputs])
 
     def _choose(self, record: Record, candidates: list[str]) -> None:
         usable = [c for c in dict.fromkeys(candidates) if c.strip() and not is_refusal(c)]
@@ -140,8 +163,7 @@ class Debiaser:
             record.update(rewrite=record["text"], action="flagged", reason=REASON_NO_REWRITE)
             return
         if self.judge is None:
-            unchanged = " ".join(usable[0].split()) == " ".join(record["text"].split())
-            record.update(rewrite=usable[0], action="kept" if unchanged else "rewritten")
+            record.update(rewrite=usable[0], action=_action(record["text"], usable[0]))
             return
         scores = self.judge.score(usable)
         similarity = self.judge.similarity([record["text"]] * len(usable), usable)
@@ -152,11 +174,16 @@ class Debiaser:
         best, best_scores, best_similarity = ranked[0]
         record.update({k: round(v, 4) for k, v in best_scores.items()}, similarity=round(best_similarity, 4))
         if self.judge.is_unsafe(best_scores):
-            record.update(rewrite=best, action="flagged", reason="no candidate judged safe")
+            record.update(rewrite=best, action="flagged", reason=REASON_UNSAFE)
         elif best_similarity < self.settings.min_similarity:
-            record.update(rewrite=best, action="flagged", reason="rewrite lost the meaning")
+            record.update(rewrite=best, action="flagged", reason=REASON_LOST_MEANING)
         else:
-            record.update(rewrite=best, action="rewritten")
+            record.update(rewrite=best, action=_action(record["text"], best))
+
+
+def _action(text: str, rewrite: str) -> str:
+    """ "kept" when the model gave the text back (spacing aside): nothing was rewritten."""
+    return "kept" if " ".join(rewrite.split()) == " ".join(text.split()) else "rewritten"
 
 
 def debias(texts: Iterable[str], engine: str | None = None, **settings: Any) -> list[Record]:

@@ -171,13 +171,16 @@ def run_probe(
     seed: int = 0,
     batch_size: int = 8,
     max_new_tokens: int = 96,
+    retries: int = DebiasSettings.retries,
     on_progress: Callable[[int], None] | None = None,
 ) -> ProbeResult:
     """Sample, rewrite every statement, judge before and after, and compare the groups."""
     statements = sample_statements(Path(data_dir) / STATEMENTS, per_group, seed)
     if not statements:
         raise MbiasError("no held-out statements to probe")
-    settings = DebiasSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False)
+    settings = DebiasSettings(
+        batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False, retries=retries
+    )
     debiaser = Debiaser(engine, judge=judge, settings=settings)
     rows = []
     for batch in debiaser.stream(statements):

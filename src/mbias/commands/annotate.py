@@ -109,13 +109,15 @@ def annotate(
 def _debiaser(
     engine: str, judge: str | None, candidates: int, temperature: float, batch_size: int, max_new_tokens: int
 ) -> Debiaser:
-    """The project's one rewrite path, asked for N candidates per text and no screening."""
+    """The project's one rewrite path, asked for N candidates per text, no screening and no retries
+    (people review every candidate, so the judge does not get to pick)."""
     settings = DebiasSettings(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         candidates=candidates,
         temperature=temperature,
         screen=False,
+        retries=0,
     )
     return Debiaser(engine or config.default_engine_spec(), judge=judge, settings=settings)
 

@@ -6,7 +6,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -21,6 +23,11 @@ from mbias.errors import MbiasError
 from mbias.records import Record, read_records, texts_to_records
 
 console = Console(stderr=True)
+
+# debias, serve and probe take the same knob: samples drawn when no candidate passes the judge
+Retries = Annotated[
+    int, typer.Option(min=0, help="Sampled candidates when no rewrite passes the judge (0: none).")
+]
 
 
 @contextmanager

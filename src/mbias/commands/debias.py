@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import console, default_output, gather_inputs, progress_bar, rate_text
+from mbias.commands.common import Retries, console, default_output, gather_inputs, progress_bar, rate_text
 from mbias.intervene import Debiaser, DebiasSettings
 from mbias.records import RecordWriter, iter_pending
 
@@ -40,6 +40,7 @@ def debias(
     max_input_tokens: Annotated[int, typer.Option(min=1)] = 2048,
     candidates: Annotated[int, typer.Option(min=1, help="Sample N candidates and keep the best.")] = 1,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    retries: Retries = DebiasSettings.retries,
     screen: Annotated[bool, typer.Option(help="Skip generation for texts the judge finds clean.")] = True,
     format: Annotated[str, typer.Option("--format", help="text or json (for TEXT and stdin).")] = "text",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
@@ -52,6 +53,7 @@ def debias(
         max_input_tokens=max_input_tokens,
         candidates=candidates,
         temperature=temperature,
+        retries=retries,
         screen=screen,
     )
     debiaser = Debiaser(

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import console, progress_bar, rate_text
+from mbias.commands.common import Retries, console, progress_bar, rate_text
+from mbias.intervene import DebiasSettings
 from mbias.records import write_records
 
 
@@ -27,6 +28,7 @@ def probe(
     data: Annotated[Path | None, typer.Option(help="Shared data folder (default: MBIAS_DATA).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
+    retries: Retries = DebiasSettings.retries,
 ) -> None:
     """Rewrite held-out ToxiGen statements per group; compare safety and over-intervention across groups.
 
@@ -57,6 +59,7 @@ def probe(
             seed=seed,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
+            retries=retries,
             on_progress=advance,
         )
     out.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from mbias import config
+from mbias.commands.common import Retries
 from mbias.errors import MbiasError
+from mbias.intervene import DebiasSettings
 
 
 def serve(
@@ -25,12 +27,13 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Most texts merged into one model call.")] = 16,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for company.")] = 10.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
+    retries: Retries = DebiasSettings.retries,
 ) -> None:
     """Serve POST /v1/debias and, with --upstream, an OpenAI-compatible guarded /v1/chat/completions."""
     import uvicorn
 
     from mbias.engines import load_engine
-    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.intervene import Debiaser
     from mbias.serve.app import create_app
 
     guard = None
@@ -41,7 +44,7 @@ def serve(
     debiaser = Debiaser(
         engine or config.default_engine_spec(),
         judge=config.default_judge(judge),
-        settings=DebiasSettings(batch_size=max_batch, max_new_tokens=max_new_tokens),
+        settings=DebiasSettings(batch_size=max_batch, max_new_tokens=max_new_tokens, retries=retries),
     )
     app = create_app(
         debiaser,

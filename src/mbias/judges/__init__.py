@@ -19,8 +19,9 @@ class Judge(Protocol):
         """Per pair: meaning retained, cosine similarity in [-1, 1] (1 = same meaning)."""
         ...
 
-    def is_unsafe(self, scores: dict[str, float]) -> bool:
-        """True when any score is at or above the judge's calibrated threshold."""
+    def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
+        """True when any score is at or above ``margin`` times the judge's calibrated threshold
+        (a margin below 1 makes a screen that lets fewer unsafe texts through unread)."""
         ...
 
 

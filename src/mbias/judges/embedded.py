@@ -70,6 +70,6 @@ class EmbeddedJudge:
         """0/1 per head at its calibrated threshold."""
         return {name: int(scores[name] >= threshold) for name, threshold in self.thresholds.items()}
 
-    def is_unsafe(self, scores: dict[str, float]) -> bool:
-        """True when any head's score is at or above that head's calibrated threshold."""
-        return any(self.labels(scores).values())
+    def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
+        """True when any head's score is at or above ``margin`` times that head's threshold."""
+        return any(scores[name] >= margin * threshold for name, threshold in self.thresholds.items())

@@ -269,6 +269,7 @@ class LLMJudge:
         left, right = encode(list(sources)), encode(list(outputs))
         return [float(max(-1.0, min(1.0, (a * b).sum()))) for a, b in zip(left, right)]
 
-    def is_unsafe(self, scores: dict[str, float]) -> bool:
-        """Unsafe at or above the threshold, and when a score is missing: unknown is not safe."""
-        return any(math.isnan(v) or v >= self.threshold for v in scores.values())
+    def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
+        """Unsafe at or above ``margin`` x the threshold, and when a score is missing: unknown is
+        not safe."""
+        return any(math.isnan(v) or v >= margin * self.threshold for v in scores.values())
