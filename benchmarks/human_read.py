@@ -10,9 +10,9 @@ still biased or toxic by docs/ANNOTATION.md, 0: fair); ``tally`` then un-blinds 
     # fill in "unsafe" on every row of read.jsonl, then
     python benchmarks/human_read.py tally read.jsonl
 
-``--product NAME=ADAPTER`` adds what ``mbias debias`` returns (judge screen, judge-verified
-retries) next to the greedy rewrites of ``--system``: the read that says whether the retries fix
-texts or only slip them under the judge.
+``--product NAME=ADAPTER`` adds what ``mbias debias --retries R`` returns (judge screen and
+verification, ``--retries`` samples when the rewrite fails) next to the greedy rewrites of
+``--system``: the read that says whether the judge's choices fix texts or only slip them under it.
 
 Candidates already labelled in earlier sheets (``--labels``) come pre-filled, so a new system only
 adds its own new texts to read. The key (which system wrote each row) is in ``<out>.key.json``.
@@ -50,12 +50,14 @@ def rewrites(adapter: str, texts: list[str]) -> list[str]:
     return [clean_output(o[0], t) for o, t in zip(outputs, texts)]
 
 
-def product_rewrites(adapter: str, texts: list[str]) -> list[str]:
-    """What ``mbias debias`` returns with its defaults: screened, verified, retried by the judge."""
-    from mbias.intervene import Debiaser
+def product_rewrites(adapter: str, texts: list[str], retries: int) -> list[str]:
+    """What ``mbias debias --retries R`` returns: screened and verified by the judge."""
+    from mbias.intervene import Debiaser, DebiasSettings
     from mbias.judges import load_judge
 
-    return [r["rewrite"] for r in Debiaser(_engine(adapter), judge=load_judge("embedded")).debias(texts)]
+    settings = DebiasSettings(retries=retries)
+    debiaser = Debiaser(_engine(adapter), judge=load_judge("embedded"), settings=settings)
+    return [r["rewrite"] for r in debiaser.debias(texts)]
 
 
 def sheet(args: argparse.Namespace) -> None:
@@ -65,10 +67,12 @@ def sheet(args: argparse.Namespace) -> None:
     picks = sorted(random.Random(args.seed).sample(range(len(texts)), min(args.n, len(texts))))
     texts = [texts[i] for i in picks]
     systems = {REFERENCE: [references[i] for i in picks]} if references else {}
-    for items, make in ((args.system, rewrites), (args.product, product_rewrites)):
-        for item in items:
-            name, _, adapter = item.partition("=")
-            systems[name] = make(adapter, texts)
+    for item in args.system:
+        name, _, adapter = item.partition("=")
+        systems[name] = rewrites(adapter, texts)
+    for item in args.product:
+        name, _, adapter = item.partition("=")
+        systems[name] = product_rewrites(adapter, texts, args.retries)
     known = {}
     for path in args.labels:
         for row in map(json.loads, Path(path).read_text().splitlines()):
@@ -125,6 +129,7 @@ def main() -> None:
     make.add_argument("--seed", type=int, default=1)
     make.add_argument("--system", action="append", default=[], help="NAME=ADAPTER_DIR (repeatable)")
     make.add_argument("--product", action="append", default=[], help="NAME=ADAPTER_DIR, as debias runs it")
+    make.add_argument("--retries", type=int, default=0, help="the --product systems' retries")
     make.add_argument("--labels", action="append", default=[], help="earlier labelled sheets to reuse")
     make.add_argument("--out", required=True)
     count = commands.add_parser("tally", help="un-blind a labelled sheet")

@@ -13,15 +13,15 @@ or a refusal counts as a failure (unsafe, zero retention). The last rows score t
 rewrites of the splits that have them (ParaDetox references, the bias set's reviewed targets):
 how far the judges let a rewrite people accepted go.
 
-``--product`` adds the product path on the first engine: the embedded judge screens inputs and,
-when no greedy rewrite passes it, samples ``DebiasSettings.retries`` more and picks. The judge that
-picks is the judge that scores, so that line flatters itself; benchmarks/human_read.py is its
-independent check.
+``--product`` adds the product path on the first engine: the embedded judge screens inputs and
+verifies the rewrite; ``--retries N`` lets it sample N more when the rewrite fails and pick one.
+The judge that picks is the judge that scores, so that line flatters itself;
+benchmarks/human_read.py is its independent check.
 
     python benchmarks/quality.py --limit 100 --out quality.json
     python benchmarks/quality.py --adapter runs/cpu-small --limit 50 --batch-size 16 --out q.json
     python benchmarks/quality.py --engines hf,llamacpp --no-baseline --out parity.json
-    python benchmarks/quality.py --engines llamacpp --product --no-baseline --limit 300 --out p.json
+    python benchmarks/quality.py --engines llamacpp --product --retries 4 --no-baseline --out p.json
 """
 
 from __future__ import annotations
@@ -173,8 +173,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100, help="texts per split")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-baseline", action="store_true", help="skip the few-shot base model")
+    parser.add_argument("--product", action="store_true", help="add the judge-screened product path")
     parser.add_argument(
-        "--product", action="store_true", help="add the judge-screened, judge-retried product path"
+        "--retries", type=int, default=DebiasSettings.retries, help="the product path's retries"
     )
     parser.add_argument("--out", required=True, help="JSON file for the figures")
     args = parser.parse_args()
@@ -192,12 +193,9 @@ def main() -> None:
         f"adapter ({style}, {e})": (engine_spec(e, base, adapter), style, None, model_only) for e in engines
     }
     if args.product:
-        systems[f"product: + screen + judge retries ({engines[0]})"] = (
-            engine_spec(engines[0], base, adapter),
-            style,
-            judge,
-            DebiasSettings(batch_size=args.batch_size),
-        )
+        product = DebiasSettings(batch_size=args.batch_size, retries=args.retries)
+        name = f"product: screen {product.screen_margin}, retries {product.retries} ({engines[0]})"
+        systems[name] = (engine_spec(engines[0], base, adapter), style, judge, product)
     if not args.no_baseline:
         systems[f"base (fewshot, {engines[0]})"] = (
             engine_spec(engines[0], base, None),

@@ -85,9 +85,9 @@ def recipe_texts_per_second(spec: str, prompts: list[str], max_new_tokens: int) 
 
 
 PRODUCT_PATHS = {  # name -> DebiasSettings fields; "default" is what `mbias debias` runs
-    "screen off, no retries": {"screen": False, "retries": 0},
     "screen off": {"screen": False},
     "default": {},
+    "default + 4 retries": {"retries": 4},
 }
 
 

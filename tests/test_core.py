@@ -208,14 +208,14 @@ def test_debiaser_retries_only_failed_texts_with_sampling():
     assert passed["action"] == "kept" and "retried" not in passed
 
     still = TwoStageEngine(["idiot", "idiot!"])
-    [record] = Debiaser(still, judge=FixedJudge(), prompt_style="mbias").debias(["you idiot"])
+    two = DebiasSettings(retries=2)
+    [record] = Debiaser(still, judge=FixedJudge(), prompt_style="mbias", settings=two).debias(["you idiot"])
     assert record["action"] == "flagged" and record["reason"] == "no candidate judged safe"
     assert record["retried"] is True and record["rewrite"].strip()
 
-    off = TwoStageEngine(["calm"])
-    no_retries = DebiasSettings(retries=0)
-    Debiaser(off, judge=FixedJudge(), prompt_style="mbias", settings=no_retries).debias(["idiot"])
-    assert off.temperatures == [0.0]
+    off = TwoStageEngine(["calm"])  # the default: a failed text stays flagged, no second call
+    [flagged] = Debiaser(off, judge=FixedJudge(), prompt_style="mbias").debias(["idiot"])
+    assert off.temperatures == [0.0] and flagged["action"] == "flagged" and "retried" not in flagged
 
 
 def test_debiaser_flags_empty_and_too_long_inputs():

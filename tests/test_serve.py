@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mbias.engines import load_engine
-from mbias.intervene import Debiaser, DebiasSettings
+from mbias.intervene import Debiaser
 from mbias.serve.app import create_app
 from tests.test_core import FixedJudge, ScriptedEngine
 
@@ -60,8 +60,7 @@ def test_token_required_when_configured():
 
 def test_concurrent_requests_share_model_calls():
     engine = CountingEngine()
-    no_retries = DebiasSettings(retries=0)  # the scripted rewrite shares no word: it would be retried
-    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias", settings=no_retries)
+    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias")
     app = create_app(debiaser, max_batch=16, max_wait_ms=200)
 
     async def scenario():

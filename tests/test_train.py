@@ -272,3 +272,75 @@ def test_bad_data_fails_through_the_cli_with_one_line(tmp_path, content, message
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# -- preference tuning (DPO) and mining -----------------------------------------------------------
+
+
+def test_dpo_continues_an_adapter_and_widens_the_preference(trained, tiny_model_dir, tmp_path):
+    from mbias.engines import load_engine
+    from mbias.train.sft import train
+
+    adapter, _, _ = trained
+    rows = [
+        {"biased_text": s, "debiased_text": t, "rejected_text": s}  # the model's failure: a copy
+        for s, t in _kept_pairs(12, tag=" and kids")
+    ]
+    data = _write_jsonl(tmp_path / "prefs.jsonl", rows + [{**rows[0], "rejected_text": ""}])
+    config = _config(tiny_model_dir, "method=dpo", f"init_adapter={adapter}", "max_steps=6", "val_fraction=0")
+    summary = train(config, [str(data)], tmp_path / "dpo")
+    log = [json.loads(line) for line in (tmp_path / "dpo" / "train_log.jsonl").read_text().splitlines()]
+    margins = [e["rewards/margins"] for e in log if "rewards/margins" in e]
+    assert len(margins) == 6 and margins[-1] > margins[0] and margins[-1] > 0
+    assert summary["method"] == "dpo" and summary["init_adapter"] == str(adapter)
+    card = json.loads((tmp_path / "dpo" / "data_card.json").read_text())
+    assert card["train_pairs"] == 12 and "no rejected_text" in " ".join(card["sources"][0]["dropped"])
+    assert not (tmp_path / "dpo" / "ref").exists()  # only the trained adapter, not TRL's frozen copy
+    engine = load_engine(f"hf:{tiny_model_dir}+adapter:{tmp_path / 'dpo'}")
+    [[text]] = engine.generate(["Text: Old people are slow.\nDebiased text:"], max_new_tokens=4)
+    assert isinstance(text, str)
+
+
+def test_dpo_needs_rejected_texts_and_known_methods(tiny_model_dir, pairs_file):
+    with pytest.raises(MbiasError, match="needs a rejected_text column"):
+        load_training_data([str(pairs_file)], _config(tiny_model_dir, "method=dpo"))
+    with pytest.raises(MbiasError, match="choose one of sft, dpo"):
+        _config(tiny_model_dir, "method=ppo")
+
+
+def test_mining_keeps_only_failures_no_judge_is_needed_for(tmp_path):
+    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.records import RecordWriter, read_records
+    from mbias.train.mine import CHANGED, COPIED, failure, mine, pair_records
+
+    assert failure("Old men are slow.", "Some are slow.", "old men are  slow.") == COPIED
+    assert failure("Old men are slow.", "Some are slow.", "Some people are slow.") is None
+    assert failure("He is 19.", "He is 19.", "He is nineteen.") == CHANGED
+    assert failure("He is 19.", "He is 19.", "He is 19.") is None
+
+    class Echo:  # hands every text back unchanged, except texts about kids, which it shortens
+        name, tokenizer, context_window = "echo", None, 1000
+
+        def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
+            texts = [p.split("Text: ")[-1].split("\n")[0] for p in prompts]
+            return [[t.replace(" and kids", "")] * n for t in texts]
+
+    pairs = [
+        {"biased_text": "Old men are slow.", "debiased_text": "Some are slow.", "group": "age"},
+        {"biased_text": "He is 19 and kids.", "debiased_text": "He is 19 and kids."},
+        {"biased_text": "She is 30.", "debiased_text": "She is 30."},
+    ]
+    records = pair_records(pairs + pairs[:1])  # a weighted source repeats a pair: mined once
+    assert len(records) == 3
+    debiaser = Debiaser(Echo(), prompt_style="mbias", settings=DebiasSettings(batch_size=2, retries=0))
+    out = tmp_path / "prefs.jsonl"
+    with RecordWriter(out) as writer:
+        counts = mine(debiaser, records[:2], writer)
+    assert counts == {COPIED: 1, CHANGED: 1}
+    with RecordWriter(out, resume=True) as writer:  # an interrupted run continues where it stopped
+        assert mine(debiaser, records, writer) == {"fine": 1}
+    rows = {r["biased_text"]: r for r in read_records(out, "biased_text")}
+    assert len(rows) == 3 and rows["Old men are slow."]["group"] == "age"
+    assert rows["Old men are slow."]["rejected_text"] == "Old men are slow."
+    assert rows["He is 19 and kids."]["rejected_text"] == "He is 19."
+    assert rows["She is 30."]["rejected_text"] == "" and rows["She is 30."]["model_output"] == "She is 30."

@@ -32,14 +32,24 @@ def train(
         str | None, typer.Option("--map", help="Column mapping for other layouts: src=COL,tgt=COL.")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
+    method: Annotated[
+        str | None, typer.Option(help="sft (default) or dpo (pairs with rejected_text, from mbias mine).")
+    ] = None,
+    init_adapter: Annotated[
+        str | None, typer.Option(help="Continue this LoRA adapter dir instead of starting a new one.")
+    ] = None,
 ) -> None:
-    """Fine-tune a model to rewrite biased/toxic text (loss on the rewrite only); writes a LoRA adapter."""
+    """Fine-tune a model to rewrite biased/toxic text (loss on the rewrite only); writes a LoRA adapter.
+
+    With --method dpo it prefers each reviewed rewrite to the model's own failure on the same text."""
     from mbias.train.config import apply_overrides
     from mbias.train.config import preset as load_preset
     from mbias.train.data import parse_mapping
     from mbias.train.sft import train as run
 
-    config = apply_overrides(load_preset(preset), (set_ or []) + ([f"base={base}"] if base else []))
+    flags = {"base": base, "method": method, "init_adapter": init_adapter}
+    given = [f"{key}={value}" for key, value in flags.items() if value]
+    config = apply_overrides(load_preset(preset), (set_ or []) + given)
     summary = run(config, data, output, mapping=parse_mapping(map_), resume=resume)
     losses = ", ".join(
         f"{name} {summary[key]:.4f}"

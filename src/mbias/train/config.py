@@ -24,6 +24,12 @@ class TrainConfig:
     preset: str = "cpu-small"
     base: str = "hf:gguf:gemma-3-270m"
     prompt_style: str = "mbias"
+    # "sft" learns the reviewed rewrites; "dpo" prefers them to the model's own failures (pairs
+    # with a rejected_text, as `mbias mine` writes them), usually continuing ``init_adapter``
+    method: str = "sft"
+    init_adapter: str = ""  # a LoRA adapter dir to continue instead of starting a new one
+    dpo_beta: float = 0.1
+    dpo_sft_weight: float = 1.0  # NLL of the chosen rewrite beside the DPO loss: keeps it likely
     # LoRA / QLoRA
     lora_r: int = 16
     lora_alpha: int = 32
@@ -125,6 +131,9 @@ def _parse(value: str, kind: Any, key: str) -> Any:
     return value
 
 
+METHODS = ("sft", "dpo")
+
+
 def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
     """Apply ``key=value`` overrides, typed by the dataclass; unknown keys are a user error."""
     hints = typing.get_type_hints(TrainConfig)
@@ -138,4 +147,6 @@ def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
         if key not in known:
             raise MbiasError(f"--set {key}: unknown setting; known: {', '.join(sorted(known))}")
         changes[key] = _parse(value.strip(), hints[key], key)
+    if changes.get("method", config.method) not in METHODS:
+        raise MbiasError(f"--set method={changes['method']}: choose one of {', '.join(METHODS)}")
     return dataclasses.replace(config, **changes)

@@ -25,6 +25,7 @@ from mbias.splits import is_heldout, normalise
 PAPER_COLUMNS = ("biased_text", "debiased_text")
 PARADETOX_REFERENCES = ("neutral1", "neutral2", "neutral3")
 CARD_FIELDS = ("group", "dimension", "action")  # counted in the data card when a source has them
+REJECTED = "rejected_text"  # preference data: what the model wrote instead of debiased_text
 NEEDS = (
     "training pairs need columns biased_text and debiased_text, ParaDetox's toxic and neutral1-3, "
     "or --map src=COL,tgt=COL"
@@ -115,6 +116,8 @@ def _pairs_of(
     def pair(src: Any, tgt: Any, row: dict[str, Any], **more: Any) -> Pair:
         out = {"biased_text": _text(src), "debiased_text": _text(tgt), "data_source": ref, **more}
         out.update({c: row[c] for c in extras})
+        if REJECTED in columns:
+            out[REJECTED] = _text(row[REJECTED])
         return out
 
     if mapping and {mapping["src"], mapping["tgt"]} <= columns:
@@ -150,6 +153,8 @@ def _filter(
         key = (normalise(src), normalise(tgt))
         if not src or not tgt:
             dropped["empty source or target"] += 1
+        elif config.method == "dpo" and not p.get(REJECTED):
+            dropped["no rejected_text (the model got it right)"] += 1
         elif key in seen:
             dropped["duplicate"] += 1
         elif len(src) < config.min_chars or len(src) + len(tgt) > config.max_chars:
@@ -202,6 +207,8 @@ def load_training_data(specs: list[str], config: Any, mapping: dict[str, str] | 
             rows = _read(ref, mapping)
             rows_read += len(rows)
             raw.extend(_pairs_of(ref, rows, mapping, config.references))
+            if config.method == "dpo" and rows and REJECTED not in rows[0]:
+                raise MbiasError(f"{ref}: --method dpo needs a {REJECTED} column (mbias mine writes one)")
         kept, dropped = _filter(raw, seen, config, test)
         new = len(raw) - dropped["duplicate"]
         if dropped["duplicate"] and new <= 1 and len(raw) > 1:

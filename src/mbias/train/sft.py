@@ -1,8 +1,10 @@
-"""LoRA / QLoRA supervised fine-tuning with TRL's SFTTrainer, resumable, writing an adapter and a model card.
+"""LoRA / QLoRA fine-tuning with TRL, resumable, writing an adapter and a model card.
 
 Pairs become TRL prompt-completion examples rendered by :func:`mbias.prompts.training_text`, so the
 model is trained on exactly the prompt it sees at inference. TRL appends EOS to each completion (the
 model learns to stop) and, with ``completion_only_loss``, labels the prompt tokens -100.
+``method="dpo"`` swaps SFTTrainer for DPOTrainer (:mod:`mbias.train.dpo`); loading, arguments,
+logging, checkpoints and cards are shared.
 """
 
 from __future__ import annotations
@@ -95,12 +97,24 @@ def load_base(config: TrainConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def sft_config(config: TrainConfig, output: Path, has_eval: bool) -> Any:
+def load_model(config: TrainConfig) -> tuple[Any, Any]:
+    """The base model, wrapped in ``init_adapter`` (trainable) when the run continues one."""
+    model, tokenizer = load_base(config)
+    if config.init_adapter:
+        from peft import PeftModel
+
+        if not (Path(config.init_adapter) / "adapter_config.json").exists():
+            raise MbiasError(f"init_adapter={config.init_adapter}: no adapter_config.json there")
+        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+    return model, tokenizer
+
+
+def training_arguments(config: TrainConfig, output: Path, has_eval: bool) -> dict[str, Any]:
+    """The TrainingArguments both trainers share."""
     import torch
-    from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
-    return SFTConfig(
+    return dict(
         output_dir=str(output),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
@@ -114,8 +128,6 @@ def sft_config(config: TrainConfig, output: Path, has_eval: bool) -> Any:
         weight_decay=config.weight_decay,
         optim=_optimizer(config),
         max_length=config.max_length,
-        packing=False,
-        completion_only_loss=config.completion_only_loss,
         gradient_checkpointing=config.gradient_checkpointing,
         bf16=cuda,
         fp16=False,
@@ -132,6 +144,16 @@ def sft_config(config: TrainConfig, output: Path, has_eval: bool) -> Any:
         data_seed=config.seed,
         dataloader_num_workers=0,
         dataset_num_proc=None,
+    )
+
+
+def sft_config(config: TrainConfig, output: Path, has_eval: bool) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **training_arguments(config, output, has_eval),
+        packing=False,
+        completion_only_loss=config.completion_only_loss,
     )
 
 
@@ -172,31 +194,45 @@ def score_labelled_positions_only() -> None:
     utils._use_triton = compact
 
 
-def build_trainer(config: TrainConfig, data: TrainingData, output: Path) -> Any:
-    """An SFTTrainer over the pairs, with a LoRA adapter on the base model and a JSONL log callback."""
-    from datasets import Dataset
+def jsonl_log(output: Path) -> Any:
+    """A callback writing every logged metric as one JSON line in the output dir (survives a crash,
+    read by the card)."""
     from transformers import TrainerCallback
-    from trl import SFTTrainer
 
     class JsonlLog(TrainerCallback):
-        """Every logged metric as one JSON line in the output dir (survives a crash, read by the card)."""
-
         def on_log(self, args, state, control, logs=None, **kwargs):
             with (output / LOG_FILE).open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **(logs or {})}) + "\n")
 
+    return JsonlLog()
+
+
+def build_trainer(config: TrainConfig, data: TrainingData, output: Path) -> Any:
+    """The run's trainer: SFT (or DPO with ``method="dpo"``) over the pairs, LoRA on the base model
+    (or the continued ``init_adapter``), logging to JSONL."""
+    from datasets import Dataset
+
     score_labelled_positions_only()
-    model, tokenizer = load_base(config)
-    train = Dataset.from_list(to_examples(data.train, config.prompt_style))
-    val = Dataset.from_list(to_examples(data.val, config.prompt_style)) if data.val else None
-    return SFTTrainer(
+    model, tokenizer = load_model(config)
+    if config.method == "dpo":
+        from trl import DPOTrainer as Trainer
+
+        from mbias.train.dpo import dpo_config as arguments
+        from mbias.train.dpo import to_preference_examples as examples
+    else:
+        from trl import SFTTrainer as Trainer
+
+        arguments, examples = sft_config, to_examples
+    train = Dataset.from_list(examples(data.train, config.prompt_style))
+    val = Dataset.from_list(examples(data.val, config.prompt_style)) if data.val else None
+    return Trainer(
         model=model,
-        args=sft_config(config, output, has_eval=val is not None),
+        args=arguments(config, output, has_eval=val is not None),
         train_dataset=train,
         eval_dataset=val,
         processing_class=tokenizer,
-        peft_config=lora_config(config),
-        callbacks=[JsonlLog()],
+        peft_config=None if config.init_adapter else lora_config(config),
+        callbacks=[jsonl_log(output)],
     )
 
 
@@ -225,9 +261,11 @@ def train(
     trainer = build_trainer(config, data, output)
     result = trainer.train(resume_from_checkpoint=checkpoint if resume else None)
     final_eval = trainer.evaluate() if data.val else {}
-    trainer.model.save_pretrained(str(output))
+    trainer.model.save_pretrained(str(output), selected_adapters=["default"])  # not DPO's frozen "ref"
     summary = {
         "base": config.base,
+        "method": config.method,
+        "init_adapter": config.init_adapter or None,
         "global_step": trainer.state.global_step,
         "resumed_from": checkpoint if resume else None,
         "train_loss_mean": result.training_loss,

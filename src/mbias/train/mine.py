@@ -1,0 +1,80 @@
+"""Preference pairs from a rewriter's own failures on reviewed pairs, for ``mbias train --method dpo``.
+
+Only failures that need no judge count, so the judges never decide what the model is trained
+away from: a rewrite pair whose text the model hands back unchanged ("copied a text that needs a
+rewrite"), and a keep pair (target = text) that the model changes ("changed a text that needed
+none"). The pairs come through the training loader, so held-out and mbias-test texts never enter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from mbias.intervene import REASON_NO_REWRITE, Debiaser
+from mbias.records import Record, RecordWriter
+from mbias.splits import normalise
+from mbias.train.data import REJECTED, Pair
+
+COPIED = "copied a text that needs a rewrite"
+CHANGED = "changed a text that needed none"
+
+
+def failure(source: str, target: str, output: str) -> str | None:
+    """Why ``output`` fails the reviewed pair (source -> target), or None when it does not."""
+    source, target, output = normalise(source), normalise(target), normalise(output)
+    if source != target and output == source:
+        return COPIED
+    if source == target and output != source:
+        return CHANGED
+    return None
+
+
+def pair_records(pairs: list[Pair]) -> list[Record]:
+    """Records with a content id (stable across runs, so ``--resume`` skips the right rows)."""
+    records = []
+    for p in pairs:
+        key = f"{normalise(p['biased_text'])}\t{normalise(p['debiased_text'])}"
+        extra = {k: v for k, v in p.items() if k not in ("biased_text", "debiased_text", REJECTED)}
+        records.append(
+            {
+                "id": hashlib.sha1(key.encode("utf-8")).hexdigest()[:16],
+                "text": p["biased_text"],
+                "debiased_text": p["debiased_text"],
+                **extra,
+            }
+        )
+    return list({r["id"]: r for r in records}.values())  # weighted sources repeat pairs
+
+
+def mine(
+    debiaser: Debiaser,
+    records: list[Record],
+    writer: RecordWriter,
+    on_batch: Callable[[int], None] | None = None,
+) -> Counter:
+    """Rewrite every pending record and write the pair with the model's output and
+    ``rejected_text`` ('' when the model did right); returns the count per outcome."""
+    counts: Counter = Counter()
+    pending = [r for r in records if r["id"] not in writer.done_ids]
+    done = 0
+    for batch in debiaser.stream(pending):
+        for pair, result in zip(pending[done : done + len(batch)], batch):
+            usable = result.get("reason") != REASON_NO_REWRITE
+            output = result["rewrite"] if usable else ""
+            why = failure(pair["text"], pair["debiased_text"], output) if usable else None
+            row: dict[str, Any] = {
+                **{k: v for k, v in pair.items() if k != "text"},
+                "biased_text": pair["text"],
+                "model_output": output,
+                REJECTED: output if why else "",
+                "failure": why or "",
+            }
+            writer.write(row)
+            counts[why or ("no usable rewrite" if not usable else "fine")] += 1
+        done += len(batch)
+        if on_batch:
+            on_batch(len(batch))
+    return counts
