@@ -344,3 +344,16 @@ def test_mining_keeps_only_failures_no_judge_is_needed_for(tmp_path):
     assert rows["Old men are slow."]["rejected_text"] == "Old men are slow."
     assert rows["He is 19 and kids."]["rejected_text"] == "He is 19."
     assert rows["She is 30."]["rejected_text"] == "" and rows["She is 30."]["model_output"] == "She is 30."
+
+
+def test_cli_method_and_init_adapter_reach_the_config(pairs_file, tmp_path):
+    bad = _cli("train", "--data", str(pairs_file), "-o", str(tmp_path / "a"), "--method", "ppo")
+    assert bad.returncode == 2 and "choose one of sft, dpo" in bad.stderr
+    no_rejected = _cli("train", "--data", str(pairs_file), "-o", str(tmp_path / "b"), "--method", "dpo")
+    assert no_rejected.returncode == 2 and "needs a rejected_text column" in no_rejected.stderr
+    rows = [{"biased_text": s, "debiased_text": t, "rejected_text": s} for s, t in _kept_pairs(4)]
+    prefs = _write_jsonl(tmp_path / "prefs.jsonl", rows)
+    args = ["--data", str(prefs), "-o", str(tmp_path / "c"), "--method", "dpo", "--init-adapter", "nowhere"]
+    no_adapter = _cli("train", *args)
+    assert no_adapter.returncode == 2 and "init_adapter=nowhere: no adapter_config.json" in no_adapter.stderr
+    assert not (tmp_path / "c").exists()  # nothing half-written that a retry would trip over

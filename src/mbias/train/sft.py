@@ -103,8 +103,6 @@ def load_model(config: TrainConfig) -> tuple[Any, Any]:
     if config.init_adapter:
         from peft import PeftModel
 
-        if not (Path(config.init_adapter) / "adapter_config.json").exists():
-            raise MbiasError(f"init_adapter={config.init_adapter}: no adapter_config.json there")
         model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
     return model, tokenizer
 
@@ -248,6 +246,8 @@ def train(
     from mbias.train.data import load_training_data
 
     output = Path(output)
+    if config.init_adapter and not (Path(config.init_adapter) / "adapter_config.json").exists():
+        raise MbiasError(f"init_adapter={config.init_adapter}: no adapter_config.json there")
     checkpoint = last_checkpoint(output)
     if not resume and output.exists() and any(output.iterdir()):
         raise MbiasError(
