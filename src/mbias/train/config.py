@@ -147,6 +147,7 @@ def apply_overrides(config: TrainConfig, assignments: list[str]) -> TrainConfig:
         if key not in known:
             raise MbiasError(f"--set {key}: unknown setting; known: {', '.join(sorted(known))}")
         changes[key] = _parse(value.strip(), hints[key], key)
-    if changes.get("method", config.method) not in METHODS:
-        raise MbiasError(f"--set method={changes['method']}: choose one of {', '.join(METHODS)}")
+    method = changes.get("method", config.method)
+    if method not in METHODS:
+        raise MbiasError(f"--set method={method}: choose one of {', '.join(METHODS)}")
     return dataclasses.replace(config, **changes)
