@@ -73,11 +73,7 @@ def sheet(args: argparse.Namespace) -> None:
     for item in args.product:
         name, _, adapter = item.partition("=")
         systems[name] = product_rewrites(adapter, texts, args.retries)
-    known = {}
-    for path in args.labels:
-        for row in map(json.loads, Path(path).read_text().splitlines()):
-            if row.get("unsafe") in (0, 1):
-                known[(row["text"], row["candidate"])] = row["unsafe"]
+    known = {k: v["unsafe"] for k, v in read_labels(args.labels).items()}
     rows: dict[tuple[str, str], list[str]] = {}
     for name, outputs in systems.items():
         for text, candidate in zip(texts, outputs):
@@ -95,7 +91,23 @@ def sheet(args: argparse.Namespace) -> None:
     print(f"wrote {len(order)} rows to {out} ({todo} to read, {len(order) - todo} labelled before)")
 
 
+def read_labels(paths: list[str]) -> dict[tuple[str, str], dict]:
+    """(text, candidate) -> the row, for every row of ``paths`` that carries a 0/1 ``unsafe``."""
+    labels = {}
+    for path in paths:
+        for row in map(json.loads, Path(path).read_text().splitlines()):
+            if row.get("unsafe") in (0, 1):
+                labels[(row["text"], row["candidate"])] = row
+    return labels
+
+
+def _share(values: list[int]) -> str:
+    return f"{sum(values):>3}/{len(values):<3} = {100 * sum(values) / max(len(values), 1):5.1f} %"
+
+
 def tally(args: argparse.Namespace) -> None:
+    from sklearn.metrics import cohen_kappa_score
+
     from mbias.judges import load_judge
 
     path = Path(args.sheet)
@@ -104,18 +116,44 @@ def tally(args: argparse.Namespace) -> None:
     missing = [i + 1 for i, row in enumerate(rows) if row.get("unsafe") not in (0, 1)]
     if missing:
         raise SystemExit(f"{path}: rows {missing[:10]} have no 0/1 'unsafe' label yet")
+    second = read_labels(args.second)
+    if args.second and (
+        gaps := [i + 1 for i, r in enumerate(rows) if (r["text"], r["candidate"]) not in second]
+    ):
+        raise SystemExit(f"{path}: rows {gaps[:10]} have no label from the second reader")
     judge = load_judge("embedded")
-    flagged = [judge.is_unsafe(s) for s in judge.score([r["candidate"] for r in rows])]
+    flagged = [int(judge.is_unsafe(s)) for s in judge.score([r["candidate"] for r in rows])]
     print(f"{key['split']}: {key['n']} held-out inputs, a blind read of {len(rows)} distinct rewrites")
-    print(f"{'system':>12} {'still biased or toxic':>22} {'judge flags':>12} {'judge agrees':>13}")
+    header = f"{'system':>12} {'still biased or toxic':>20} {'judge flags':>12} {'judge agrees':>13}"
+    if second:
+        header += f" {'2nd reader: unsafe':>20} {'meaning kept':>19}"
+    print(header)
     for name in sorted({n for names in key["rows"] for n in names}):
         mine = [i for i, names in enumerate(key["rows"]) if name in names]
-        human = sum(rows[i]["unsafe"] for i in mine)
-        machine = sum(flagged[i] for i in mine)
-        agree = sum(rows[i]["unsafe"] == flagged[i] for i in mine)
+        line = (
+            f"{name:>12} {_share([rows[i]['unsafe'] for i in mine])} "
+            f"{100 * sum(flagged[i] for i in mine) / len(mine):10.1f} % "
+            f"{100 * sum(rows[i]['unsafe'] == flagged[i] for i in mine) / len(mine):12.1f} %"
+        )
+        if second:
+            other = [second[(rows[i]["text"], rows[i]["candidate"])] for i in mine]
+            line += f" {_share([o['unsafe'] for o in other])} {_share([o['meaning_kept'] for o in other])}"
+        print(line)
+    if second:
+        first = [r["unsafe"] for r in rows]
+        other = [second[(r["text"], r["candidate"])]["unsafe"] for r in rows]
+        agree = sum(a == b for a, b in zip(first, other)) / len(rows)
+        kappa = {
+            name: cohen_kappa_score(a, b)
+            for name, a, b in [
+                ("readers", first, other),
+                ("reader 1, judge", first, flagged),
+                ("reader 2, judge", other, flagged),
+            ]
+        }
         print(
-            f"{name:>12} {human:>9}/{len(mine)} = {100 * human / len(mine):5.1f} % "
-            f"{100 * machine / len(mine):10.1f} % {100 * agree / len(mine):12.1f} %"
+            f"readers agree on {100 * agree:.1f} % of the {len(rows)} rewrites; Cohen's kappa "
+            + ", ".join(f"{name} {value:.2f}" for name, value in kappa.items())
         )
 
 
@@ -134,6 +172,9 @@ def main() -> None:
     make.add_argument("--out", required=True)
     count = commands.add_parser("tally", help="un-blind a labelled sheet")
     count.add_argument("sheet")
+    count.add_argument(
+        "--second", action="append", default=[], help="a second reader's labelled rows (unsafe, meaning_kept)"
+    )
     args = parser.parse_args()
     sheet(args) if args.command == "sheet" else tally(args)
 

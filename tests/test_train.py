@@ -146,6 +146,20 @@ def test_mixing_caps_weights_mapping_and_validation_split(tmp_path):
     assert [p["biased_text"] for p in again.train] == [p["biased_text"] for p in data.train]  # seeded
 
 
+def test_rows_with_different_keys_load_together(tmp_path):
+    """A mined preference file mixes rows from sources with and without group labels."""
+    pairs = _kept_pairs(6)
+    rows = [{"biased_text": s, "debiased_text": t} for s, t in pairs[:3]]
+    rows += [{"biased_text": s, "debiased_text": t, "group": "age", "rejected_text": s} for s, t in pairs[3:]]
+    path = _write_jsonl(tmp_path / "mixed.jsonl", rows)
+    config = apply_overrides(preset("cpu-small"), ["val_fraction=0", "exclude_test_set="])
+    data = load_training_data([str(path)], config)
+    assert len(data.train) == 6 and data.card["counts"]["group"] == {"age": 3}
+    assert sorted(p["rejected_text"] for p in data.train if p["rejected_text"]) == sorted(
+        s for s, _ in pairs[3:]
+    )
+
+
 def test_data_spec_parsing():
     assert DataSpec.parse("a/b.tsv:1200") == DataSpec("a/b.tsv", cap=1200)
     assert DataSpec.parse("data/bias:x2.5") == DataSpec("data/bias", weight=2.5)
@@ -344,6 +358,44 @@ def test_mining_keeps_only_failures_no_judge_is_needed_for(tmp_path):
     assert rows["Old men are slow."]["rejected_text"] == "Old men are slow."
     assert rows["He is 19 and kids."]["rejected_text"] == "He is 19."
     assert rows["She is 30."]["rejected_text"] == "" and rows["She is 30."]["model_output"] == "She is 30."
+
+
+def test_mining_rejects_rewrites_that_keep_less_than_the_reviewed_one(tmp_path):
+    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.records import RecordWriter, read_records
+    from mbias.train.mine import LOST, failure, mine, pair_records
+
+    def overlap(sources, outputs):  # word overlap stands in for the sentence encoder
+        return [
+            len(set(a.split()) & set(b.split())) / len(set(a.split()) | set(b.split()))
+            for a, b in zip(sources, outputs)
+        ]
+
+    source, target = "old nurses at the clinic are slow", "nurses at the clinic are slow"
+    assert failure(source, target, "the clinic is slow", (0.2, 0.83)) == LOST
+    assert failure(source, target, "the clinic is slow", (0.2, 0.83), meaning_margin=0.7) is None
+    assert failure(source, target, "the clinic is slow") is None  # no encoder: no meaning check
+    assert failure(source, target, target, (0.2, 0.83)) is None  # the reviewed rewrite itself
+
+    class Shortener:  # keeps only the last three words of every text
+        name, tokenizer, context_window = "short", None, 1000
+
+        def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
+            texts = [p.split("Text: ")[-1].split("\n")[0] for p in prompts]
+            return [[" ".join(t.split()[-3:])] * n for t in texts]
+
+    pairs = [
+        {"biased_text": source, "debiased_text": target},
+        {"biased_text": "old men are slow", "debiased_text": "men are slow"},  # the model writes the same
+    ]
+    debiaser = Debiaser(Shortener(), prompt_style="mbias", settings=DebiasSettings(batch_size=2, retries=0))
+    out = tmp_path / "prefs.jsonl"
+    with RecordWriter(out) as writer:
+        assert mine(debiaser, pair_records(pairs), writer, similarity=overlap) == {LOST: 1, "fine": 1}
+    rows = {r["biased_text"]: r for r in read_records(out, "biased_text")}
+    assert rows[source]["rejected_text"] == "clinic are slow"
+    assert rows[source]["output_similarity"] < rows[source]["target_similarity"] - 0.1
+    assert rows["old men are slow"]["rejected_text"] == ""
 
 
 def test_cli_method_and_init_adapter_reach_the_config(pairs_file, tmp_path):

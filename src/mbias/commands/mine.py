@@ -20,9 +20,18 @@ def mine(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
+    meaning_margin: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Also reject rewrites whose similarity to the text falls this far below the reviewed "
+            "rewrite's (the embedded encoder); 0 turns the check off.",
+        ),
+    ] = 0.0,
 ) -> None:
-    """Greedy-rewrite reviewed pairs; keep the model's copies of texts that need a rewrite and its
-    changes to texts that need none as rejected_text beside the reviewed target."""
+    """Greedy-rewrite reviewed pairs; keep the model's copies of texts that need a rewrite, its
+    changes to texts that need none and (with --meaning-margin) its rewrites that lose meaning the
+    reviewed one keeps, as rejected_text beside the reviewed target."""
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.records import RecordWriter
     from mbias.train.config import apply_overrides, preset
@@ -34,6 +43,11 @@ def mine(
     records = pair_records(load_training_data(data, loader).train)
     settings = DebiasSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False, retries=0)
     debiaser = Debiaser(engine or config.default_engine_spec(), judge=None, settings=settings)
+    similarity = None
+    if meaning_margin > 0:
+        from mbias.judges.embedded import EmbeddedJudge
+
+        similarity = EmbeddedJudge().similarity
     with RecordWriter(output, resume=resume) as writer:
         todo = sum(r["id"] not in writer.done_ids for r in records)
         start = time.perf_counter()
@@ -44,7 +58,7 @@ def mine(
                 done = progress.tasks[0].completed + count
                 progress.update(task, advance=count, rate=rate_text(done, time.perf_counter() - start))
 
-            counts = run(debiaser, records, writer, on_batch=advance)
+            counts = run(debiaser, records, writer, advance, similarity, meaning_margin)
     summary = ", ".join(f"{n} {why}" for why, n in counts.most_common()) or "nothing to do"
     console.print(f"wrote {output}: {summary}")
 

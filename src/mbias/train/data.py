@@ -110,20 +110,20 @@ def _pairs_of(
     ref: str, rows: list[dict[str, Any]], mapping: dict[str, str] | None, references: str
 ) -> list[Pair]:
     """Rows -> pairs, from the paper's columns, a --map, or ParaDetox's 1-3 references per row."""
-    columns = set(rows[0])
+    columns = set().union(*rows)  # JSONL rows need not all carry the same keys
     extras = [c for c in CARD_FIELDS if c in columns]
 
     def pair(src: Any, tgt: Any, row: dict[str, Any], **more: Any) -> Pair:
         out = {"biased_text": _text(src), "debiased_text": _text(tgt), "data_source": ref, **more}
-        out.update({c: row[c] for c in extras})
+        out.update({c: row[c] for c in extras if row.get(c) is not None})
         if REJECTED in columns:
-            out[REJECTED] = _text(row[REJECTED])
+            out[REJECTED] = _text(row.get(REJECTED))
         return out
 
     if mapping and {mapping["src"], mapping["tgt"]} <= columns:
-        return [pair(r[mapping["src"]], r[mapping["tgt"]], r) for r in rows]
+        return [pair(r.get(mapping["src"]), r.get(mapping["tgt"]), r) for r in rows]
     if set(PAPER_COLUMNS) <= columns:
-        return [pair(r["biased_text"], r["debiased_text"], r) for r in rows]
+        return [pair(r.get("biased_text"), r.get("debiased_text"), r) for r in rows]
     if "toxic" in columns and "neutral1" in columns:
         pairs = []
         for row in rows:

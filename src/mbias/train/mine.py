@@ -1,9 +1,13 @@
 """Preference pairs from a rewriter's own failures on reviewed pairs, for ``mbias train --method dpo``.
 
-Only failures that need no judge count, so the judges never decide what the model is trained
-away from: a rewrite pair whose text the model hands back unchanged ("copied a text that needs a
-rewrite"), and a keep pair (target = text) that the model changes ("changed a text that needed
-none"). The pairs come through the training loader, so held-out and mbias-test texts never enter.
+Only failures that need no safety judge count, so the judges never decide what the model is
+trained away from: a rewrite pair whose text the model hands back unchanged ("copied a text that
+needs a rewrite"), a keep pair (target = text) that the model changes ("changed a text that
+needed none"), and, when a sentence encoder is given, a rewrite that keeps clearly less of the
+text than the reviewed rewrite does ("dropped meaning the reviewed rewrite keeps"). The reviewed
+target sets that floor per pair, so a text whose safe version must change a lot is not held to a
+fixed similarity. The pairs come through the training loader, so held-out and mbias-test texts
+never enter.
 """
 
 from __future__ import annotations
@@ -20,15 +24,31 @@ from mbias.train.data import REJECTED, Pair
 
 COPIED = "copied a text that needs a rewrite"
 CHANGED = "changed a text that needed none"
+LOST = "dropped meaning the reviewed rewrite keeps"
+
+Similarity = Callable[[list[str], list[str]], list[float]]
 
 
-def failure(source: str, target: str, output: str) -> str | None:
-    """Why ``output`` fails the reviewed pair (source -> target), or None when it does not."""
+def failure(
+    source: str,
+    target: str,
+    output: str,
+    similarities: tuple[float, float] | None = None,
+    meaning_margin: float = 0.1,
+) -> str | None:
+    """Why ``output`` fails the reviewed pair (source -> target), or None when it does not.
+
+    ``similarities`` = (output's, target's) similarity to the source; the output has lost
+    meaning when it falls more than ``meaning_margin`` below the target's."""
     source, target, output = normalise(source), normalise(target), normalise(output)
     if source != target and output == source:
         return COPIED
     if source == target and output != source:
         return CHANGED
+    if similarities and source != target and output != target:
+        output_similarity, target_similarity = similarities
+        if output_similarity < target_similarity - meaning_margin:
+            return LOST
     return None
 
 
@@ -54,17 +74,31 @@ def mine(
     records: list[Record],
     writer: RecordWriter,
     on_batch: Callable[[int], None] | None = None,
+    similarity: Similarity | None = None,
+    meaning_margin: float = 0.1,
 ) -> Counter:
     """Rewrite every pending record and write the pair with the model's output and
-    ``rejected_text`` ('' when the model did right); returns the count per outcome."""
+    ``rejected_text`` ('' when the model did right); returns the count per outcome.
+
+    With ``similarity`` (source, output pairs -> cosine), each row also carries the output's and
+    the target's similarity to the source, and rewrites that lose meaning become failures."""
     counts: Counter = Counter()
     pending = [r for r in records if r["id"] not in writer.done_ids]
     done = 0
     for batch in debiaser.stream(pending):
-        for pair, result in zip(pending[done : done + len(batch)], batch):
+        pairs = pending[done : done + len(batch)]
+        sims: list[tuple[float, float] | None] = [None] * len(batch)
+        if similarity is not None:
+            sources = [p["text"] for p in pairs]
+            candidates = [r["rewrite"] for r in batch] + [p["debiased_text"] for p in pairs]
+            scored = similarity(sources * 2, candidates)
+            sims = list(zip(scored[: len(batch)], scored[len(batch) :]))
+        for pair, result, sim in zip(pairs, batch, sims):
             usable = result.get("reason") != REASON_NO_REWRITE
             output = result["rewrite"] if usable else ""
-            why = failure(pair["text"], pair["debiased_text"], output) if usable else None
+            why = None
+            if usable:
+                why = failure(pair["text"], pair["debiased_text"], output, sim, meaning_margin)
             row: dict[str, Any] = {
                 **{k: v for k, v in pair.items() if k != "text"},
                 "biased_text": pair["text"],
@@ -72,6 +106,8 @@ def mine(
                 REJECTED: output if why else "",
                 "failure": why or "",
             }
+            if sim is not None:
+                row["output_similarity"], row["target_similarity"] = round(sim[0], 4), round(sim[1], 4)
             writer.write(row)
             counts[why or ("no usable rewrite" if not usable else "fine")] += 1
         done += len(batch)
