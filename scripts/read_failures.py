@@ -1,0 +1,102 @@
+"""Preference pairs from a blind read of a model's rewrites of training texts, for `mbias train --method dpo`.
+
+`mbias mine` keeps only the failures no reader is needed for (copies, changes to texts that need
+none, rewrites far less similar than the reviewed one). The commonest remaining failure is one
+only a reader sees: the stereotype kept in softer words ("some X are ..."). This script hands the
+rewrites that passed those checks to readers, blind, and turns the ones they mark still unsafe or
+meaning-losing into rejected texts beside the reviewed target.
+
+    python scripts/read_failures.py sheets MINED.jsonl --out-dir DIR --sheets 4 [--per-file 30]
+    # readers fill in "unsafe" and "meaning_kept" (0/1) on DIR/sheet-*.jsonl, then
+    python scripts/read_failures.py pairs MINED.jsonl DIR/sheet-*.jsonl --out prefs.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mbias.records import read_records, write_records
+from mbias.splits import normalise
+from mbias.train.data import REJECTED
+
+UNSAFE = "a reader found it still biased or toxic"
+LOST = "a reader found it dropped meaning"
+FOCUS = "toxigen_"  # data files read in full; the others are sampled
+
+app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+
+
+def _readable(row: dict) -> bool:
+    """A rewrite the judge-free checks passed that differs from the reviewed target."""
+    source, target, output = (normalise(row[k]) for k in ("biased_text", "debiased_text", "model_output"))
+    return not row.get("failure") and bool(output) and source != target and output != target
+
+
+@app.command()
+def sheets(
+    mined: Path,
+    out_dir: Annotated[Path, typer.Option()],
+    sheets: Annotated[int, typer.Option(min=1)] = 4,
+    per_file: Annotated[int, typer.Option(min=0, help="rewrites sampled from each non-ToxiGen file")] = 30,
+    seed: int = 11,
+) -> None:
+    """Blind sheets (text, candidate, empty labels) of the rewrites only a reader can judge."""
+    rows = [r for r in read_records(mined, "biased_text") if r.get("data_source", "").endswith(".jsonl")]
+    rows = [r for r in rows if _readable(r)]
+    rng = random.Random(seed)
+    picks = [r for r in rows if FOCUS in r["data_source"]]
+    for source in sorted({r["data_source"] for r in rows if FOCUS not in r["data_source"]}):
+        pool = [r for r in rows if r["data_source"] == source]
+        picks += rng.sample(pool, min(per_file, len(pool)))
+    rng.shuffle(picks)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = -(-len(picks) // sheets)
+    for i in range(sheets):
+        chunk = picks[i * size : (i + 1) * size]
+        blank = [
+            {"text": r["biased_text"], "candidate": r["model_output"], "unsafe": None, "meaning_kept": None}
+            for r in chunk
+        ]
+        (out_dir / f"sheet-{i + 1}.jsonl").write_text(
+            "".join(json.dumps(b, ensure_ascii=False) + "\n" for b in blank)
+        )
+    typer.echo(f"wrote {len(picks)} rewrites to {sheets} sheets in {out_dir}")
+
+
+@app.command()
+def pairs(mined: Path, labelled: list[Path], out: Annotated[Path, typer.Option()]) -> None:
+    """Join the readers' labels with the mined rows: rejected_text = the rewrite a reader failed."""
+    labels = {}
+    for path in labelled:
+        for row in map(json.loads, path.read_text().splitlines()):
+            if row.get("unsafe") not in (0, 1) or row.get("meaning_kept") not in (0, 1):
+                raise typer.BadParameter(f"{path}: a row has no 0/1 unsafe and meaning_kept yet")
+            labels[(row["text"], row["candidate"])] = row
+    written, counts = [], Counter()
+    for row in read_records(mined, "biased_text"):
+        label = labels.get((row["biased_text"], row["model_output"]))
+        if label is None or not _readable(row):
+            continue
+        why = UNSAFE if label["unsafe"] else LOST if not label["meaning_kept"] else ""
+        counts[why or "fair"] += 1
+        written.append(
+            {
+                **row,
+                REJECTED: row["model_output"] if why else "",
+                "failure": why,
+                "unsafe": label["unsafe"],
+                "meaning_kept": label["meaning_kept"],
+            }
+        )
+    write_records(out, written)
+    typer.echo(f"wrote {out}: " + ", ".join(f"{n} {why}" for why, n in counts.most_common()))
+
+
+if __name__ == "__main__":
+    app()
