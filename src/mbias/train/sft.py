@@ -126,7 +126,7 @@ def training_arguments(config: TrainConfig, output: Path, has_eval: bool) -> dic
         weight_decay=config.weight_decay,
         optim=_optimizer(config),
         max_length=config.max_length,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,  # gradient_checkpointing in 5.x
         bf16=cuda,
         fp16=False,
         use_cpu=not cuda,
