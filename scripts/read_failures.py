@@ -15,27 +15,17 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mbias.records import read_records, write_records
-from mbias.splits import normalise
-from mbias.train.data import REJECTED
+from mbias.train.mine import read_failures, readable
 
-UNSAFE = "a reader found it still biased or toxic"
-LOST = "a reader found it dropped meaning"
 FOCUS = "toxigen_"  # data files read in full; the others are sampled
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
-
-
-def _readable(row: dict) -> bool:
-    """A rewrite the judge-free checks passed that differs from the reviewed target."""
-    source, target, output = (normalise(row[k]) for k in ("biased_text", "debiased_text", "model_output"))
-    return not row.get("failure") and bool(output) and source != target and output != target
 
 
 @app.command()
@@ -48,7 +38,7 @@ def sheets(
 ) -> None:
     """Blind sheets (text, candidate, empty labels) of the rewrites only a reader can judge."""
     rows = [r for r in read_records(mined, "biased_text") if r.get("data_source", "").endswith(".jsonl")]
-    rows = [r for r in rows if _readable(r)]
+    rows = [r for r in rows if readable(r)]
     rng = random.Random(seed)
     picks = [r for r in rows if FOCUS in r["data_source"]]
     for source in sorted({r["data_source"] for r in rows if FOCUS not in r["data_source"]}):
@@ -78,22 +68,7 @@ def pairs(mined: Path, labelled: list[Path], out: Annotated[Path, typer.Option()
             if row.get("unsafe") not in (0, 1) or row.get("meaning_kept") not in (0, 1):
                 raise typer.BadParameter(f"{path}: a row has no 0/1 unsafe and meaning_kept yet")
             labels[(row["text"], row["candidate"])] = row
-    written, counts = [], Counter()
-    for row in read_records(mined, "biased_text"):
-        label = labels.get((row["biased_text"], row["model_output"]))
-        if label is None or not _readable(row):
-            continue
-        why = UNSAFE if label["unsafe"] else LOST if not label["meaning_kept"] else ""
-        counts[why or "fair"] += 1
-        written.append(
-            {
-                **row,
-                REJECTED: row["model_output"] if why else "",
-                "failure": why,
-                "unsafe": label["unsafe"],
-                "meaning_kept": label["meaning_kept"],
-            }
-        )
+    written, counts = read_failures(read_records(mined, "biased_text"), labels)
     write_records(out, written)
     typer.echo(f"wrote {out}: " + ", ".join(f"{n} {why}" for why, n in counts.most_common()))
 

@@ -398,6 +398,44 @@ def test_mining_rejects_rewrites_that_keep_less_than_the_reviewed_one(tmp_path):
     assert rows["old men are slow"]["rejected_text"] == ""
 
 
+def test_reader_labels_turn_passed_rewrites_into_rejected_texts(tmp_path):
+    from mbias.splits import is_heldout
+    from mbias.train.data import load_training_data
+    from mbias.train.mine import COPIED, READ_LOST, READ_UNSAFE, read_failures
+
+    def row(source, target, output, failure=""):
+        return {"biased_text": source, "debiased_text": target, "model_output": output, "failure": failure}
+
+    mined = [
+        row("old men are slow drivers", "men are slow drivers", "some old men are slow drivers"),  # unsafe
+        row("fat kids get picked last", "some kids get picked last", "kids play games"),  # meaning lost
+        row("women cant drive", "anyone can learn to drive", "women drive well"),  # fair
+        row("women cant park", "anyone can park", "women cant park", COPIED),  # mine's failure: not read
+        row("men are loud", "some people are loud", "some people are loud"),  # the target itself
+        row("girls cant code", "anyone can code", "girls code"),  # nobody read it
+    ]
+    verdicts = [(1, 1), (0, 0), (0, 1), (1, 1), (1, 1)]
+    labels = {
+        (r["biased_text"], r["model_output"]): {"unsafe": u, "meaning_kept": m}
+        for r, (u, m) in zip(mined, verdicts)
+    }
+    rows, counts = read_failures(mined, labels)
+    assert counts == {READ_UNSAFE: 1, READ_LOST: 1, "fair": 1}
+    rejected = {r["biased_text"]: r["rejected_text"] for r in rows}
+    assert rejected == {
+        "old men are slow drivers": "some old men are slow drivers",
+        "fat kids get picked last": "kids play games",
+        "women cant drive": "",
+    }
+    path = _write_jsonl(tmp_path / "read.jsonl", rows)  # the loader keeps the two failures for DPO
+    config = apply_overrides(preset("cpu-small"), ["method=dpo", "val_fraction=0", "exclude_test_set="])
+    assert not any(is_heldout(r["biased_text"]) for r in rows)
+    assert {p["rejected_text"] for p in load_training_data([str(path)], config).train} == {
+        "some old men are slow drivers",
+        "kids play games",
+    }
+
+
 def test_cli_method_and_init_adapter_reach_the_config(pairs_file, tmp_path):
     bad = _cli("train", "--data", str(pairs_file), "-o", str(tmp_path / "a"), "--method", "ppo")
     assert bad.returncode == 2 and "choose one of sft, dpo" in bad.stderr

@@ -25,6 +25,8 @@ from mbias.train.data import REJECTED, Pair
 COPIED = "copied a text that needs a rewrite"
 CHANGED = "changed a text that needed none"
 LOST = "dropped meaning the reviewed rewrite keeps"
+READ_UNSAFE = "a reader found it still biased or toxic"
+READ_LOST = "a reader found it dropped meaning"
 
 Similarity = Callable[[list[str], list[str]], list[float]]
 
@@ -114,3 +116,34 @@ def mine(
         if on_batch:
             on_batch(len(batch))
     return counts
+
+
+def readable(row: dict[str, Any]) -> bool:
+    """A mined rewrite only a reader can fail: it passed every check above and is not the target."""
+    source, target, output = (normalise(row[k]) for k in ("biased_text", "debiased_text", "model_output"))
+    return not row.get("failure") and bool(output) and source != target and output != target
+
+
+def read_failures(
+    mined: list[dict[str, Any]], labels: dict[tuple[str, str], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], Counter]:
+    """Mined rows a reader labelled (``labels``: (text, candidate) -> 0/1 ``unsafe`` and
+    ``meaning_kept``), with ``rejected_text`` = the rewrite when the reader failed it: still
+    unsafe first, else meaning lost. Returns the rows and the count per outcome."""
+    rows, counts = [], Counter()
+    for row in mined:
+        label = labels.get((row["biased_text"], row["model_output"]))
+        if label is None or not readable(row):
+            continue
+        why = READ_UNSAFE if label["unsafe"] else "" if label["meaning_kept"] else READ_LOST
+        counts[why or "fair"] += 1
+        rows.append(
+            {
+                **row,
+                REJECTED: row["model_output"] if why else "",
+                "failure": why,
+                "unsafe": label["unsafe"],
+                "meaning_kept": label["meaning_kept"],
+            }
+        )
+    return rows, counts
