@@ -1,0 +1,81 @@
+"""Could reader labels make a better judge of rewrites? A probe, not a shipped head.
+
+The embedded judge agrees with the blind readers about single rewrites at Cohen's kappa 0.0-0.3
+(RESULTS, "A second reader"). This fits a logistic regression on the readers' labels of rewrites
+of *training* texts (docs/human-read/training-v6) over the judge's own encoder (the rewrite's
+embedding and its difference from the input's), and scores it against both readers on the blind
+sheets of *held-out* texts, beside the shipped judge's verdicts on the same rows.
+
+    python benchmarks/judge_vs_readers.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from mbias.judges.embedded import EmbeddedJudge
+
+READS = Path(__file__).resolve().parents[1] / "docs" / "human-read"
+
+
+def rows(paths: list[Path]) -> dict[tuple[str, str], int]:
+    return {
+        (r["text"], r["candidate"]): r["unsafe"]
+        for path in paths
+        for r in map(json.loads, path.read_text().splitlines())
+        if r.get("unsafe") in (0, 1)
+    }
+
+
+def features(judge: EmbeddedJudge, pairs: list[tuple[str, str]]) -> np.ndarray:
+    texts = judge.embed([t for t, _ in pairs])
+    candidates = judge.embed([c for _, c in pairs])
+    return np.hstack([candidates, candidates - texts])
+
+
+def main() -> None:
+    judge = EmbeddedJudge()
+    train = rows(sorted((READS / "training-v6").glob("sheet-*.jsonl")))
+    first = rows(sorted(READS.glob("*.jsonl")))
+    second = rows(sorted((READS / "reader2").glob("*.jsonl")))
+    test = [k for k in first if k in second and k not in train]
+    x_train, y_train = features(judge, list(train)), np.array(list(train.values()))
+    probe = LogisticRegressionCV(
+        Cs=10,
+        cv=5,
+        class_weight="balanced",
+        scoring="roc_auc",
+        max_iter=2000,
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,
+    )
+    probe.fit(x_train, y_train)
+    x_test = features(judge, test)
+    proba = probe.predict_proba(x_test)[:, 1]
+    probe_flags = (proba >= 0.5).astype(int)
+    scores = judge.score([c for _, c in test])
+    judge_flags = np.array([int(judge.is_unsafe(s)) for s in scores])
+    # one number per rewrite: the head nearest its threshold (is_unsafe flags at 1.0)
+    unsafe_scores = np.array([max(s[name] / t for name, t in judge.thresholds.items()) for s in scores])
+    print(f"train: {len(train)} read rewrites of training texts ({y_train.mean():.1%} unsafe)")
+    print(f"test: {len(test)} rewrites of held-out texts read by both readers")
+    print(
+        f"{'labels':>10} {'unsafe':>7} {'judge kappa':>12} {'probe kappa':>12} "
+        f"{'judge AUC':>10} {'probe AUC':>10}"
+    )
+    for name, labels in (("reader 1", first), ("reader 2", second)):
+        y = np.array([labels[k] for k in test])
+        print(
+            f"{name:>10} {y.mean():7.1%} {cohen_kappa_score(y, judge_flags):12.2f} "
+            f"{cohen_kappa_score(y, probe_flags):12.2f} {roc_auc_score(y, unsafe_scores):10.3f} "
+            f"{roc_auc_score(y, proba):10.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
