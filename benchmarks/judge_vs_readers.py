@@ -11,10 +11,10 @@ sheets of *held-out* texts, beside the shipped judge's verdicts on the same rows
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+from human_read import read_labels  # a sibling: run as a script, this folder is on sys.path
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
@@ -24,12 +24,7 @@ READS = Path(__file__).resolve().parents[1] / "docs" / "human-read"
 
 
 def rows(paths: list[Path]) -> dict[tuple[str, str], int]:
-    return {
-        (r["text"], r["candidate"]): r["unsafe"]
-        for path in paths
-        for r in map(json.loads, path.read_text().splitlines())
-        if r.get("unsafe") in (0, 1)
-    }
+    return {key: row["unsafe"] for key, row in read_labels([str(p) for p in paths]).items()}
 
 
 def features(judge: EmbeddedJudge, pairs: list[tuple[str, str]]) -> np.ndarray:
