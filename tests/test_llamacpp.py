@@ -191,6 +191,19 @@ def test_llamacpp_spec_with_missing_files_fails_clearly(tmp_path):
     assert "\n" not in str(info.value)
 
 
+@needs_llama
+@pytest.mark.parametrize("amx", [True, False])
+def test_amx_builds_load_weights_without_the_amx_buffers(monkeypatch, amx):
+    """The AMX weight buffers segfault on the first decode (Sapphire Rapids): they must stay off there."""
+    from llama_cpp import llama_cpp
+
+    from mbias.engines.llamacpp import model_params
+
+    info = b"CPU : AVX2 = 1 | AVX512 = 1 | " + (b"AMX_INT8 = 1 | " if amx else b"") + b"REPACK = 1 |"
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info)
+    assert model_params(llama_cpp).use_extra_bufts is (not amx)
+
+
 @pytest.mark.parametrize("installed", [True, False])
 def test_mbias_270m_uses_llamacpp_when_installed(tmp_path, monkeypatch, installed):
     from mbias import config

@@ -64,6 +64,19 @@ def _reason() -> str:
     return f" ({_errors[0]})" if _errors else ""
 
 
+def model_params(llama: Any) -> Any:
+    """Model load settings: llama.cpp's defaults, without the AMX weight buffers where it has them.
+
+    On Sapphire Rapids machines (AMX_INT8 in the build) llama.cpp repacks the Q4_K weights into AMX
+    buffers and its first decode dies in ``ggml_backend_amx_mul_mat`` (ggml-org/llama.cpp#20824,
+    closed unfixed): a segfault, not an error. The plain CPU buffers decode the same text.
+    """
+    params = llama.llama_model_default_params()
+    if b"AMX_INT8 = 1" in llama.llama_print_system_info():
+        params.use_extra_bufts = False
+    return params
+
+
 def idle_cores(window: float = 0.1) -> int:
     """Threads worth starting: the cores this process may use that are idle right now.
 
@@ -169,7 +182,7 @@ class LlamaCppEngine:
         _errors.clear()
         llama.llama_backend_init()
         weights = draft or path
-        model = llama.llama_model_load_from_file(str(weights).encode(), llama.llama_model_default_params())
+        model = llama.llama_model_load_from_file(str(weights).encode(), model_params(llama))
         if not model:
             raise MbiasError(f"llama.cpp cannot load {weights}{_reason()}")
         params = llama.llama_context_default_params()
