@@ -9,6 +9,8 @@ meaning-losing into rejected texts beside the reviewed target.
     python scripts/read_failures.py sheets MINED.jsonl --out-dir DIR --sheets 4 [--per-file 30]
     # readers fill in "unsafe" and "meaning_kept" (0/1) on DIR/sheet-*.jsonl, then
     python scripts/read_failures.py pairs MINED.jsonl DIR/sheet-*.jsonl --out prefs.jsonl
+    # a round that trains on some kinds of failure only, e.g. the reader-found unsafe rewrites
+    python scripts/read_failures.py select prefs.jsonl --kind read-unsafe --out unsafe.jsonl
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from typing import Annotated
 import typer
 
 from mbias.records import read_records, write_records
-from mbias.train.mine import read_failures, readable
+from mbias.train.mine import CHANGED, COPIED, LOST, READ_LOST, READ_UNSAFE, read_failures, readable
 
 FOCUS = "toxigen_"  # data files read in full; the others are sampled
+KINDS = {
+    "copied": COPIED,
+    "changed": CHANGED,
+    "lost": LOST,
+    "read-unsafe": READ_UNSAFE,
+    "read-lost": READ_LOST,
+}
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
 
@@ -71,6 +80,22 @@ def pairs(mined: Path, labelled: list[Path], out: Annotated[Path, typer.Option()
     written, counts = read_failures(read_records(mined, "biased_text"), labels)
     write_records(out, written)
     typer.echo(f"wrote {out}: " + ", ".join(f"{n} {why}" for why, n in counts.most_common()))
+
+
+@app.command()
+def select(
+    pairs: Path,
+    kind: Annotated[list[str], typer.Option(help=f"failure kinds to keep: {', '.join(KINDS)}")],
+    out: Annotated[Path, typer.Option()],
+) -> None:
+    """Only the rows whose failure is one of --kind: a preference round that leaves the others out."""
+    unknown = sorted(set(kind) - set(KINDS))
+    if unknown:
+        raise typer.BadParameter(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    wanted = {KINDS[k] for k in kind}
+    rows = [r for r in map(json.loads, pairs.read_text().splitlines()) if r.get("failure") in wanted]
+    write_records(out, rows)
+    typer.echo(f"wrote {len(rows)} rows to {out}")
 
 
 if __name__ == "__main__":

@@ -436,6 +436,31 @@ def test_reader_labels_turn_passed_rewrites_into_rejected_texts(tmp_path):
     }
 
 
+def test_select_keeps_only_the_failure_kinds_asked_for(tmp_path):
+    from mbias.train.mine import CHANGED, COPIED, READ_UNSAFE
+
+    rows = [
+        {"id": "1", "biased_text": "a", "failure": COPIED, "extra": 1},
+        {"id": "2", "biased_text": "b", "failure": READ_UNSAFE},
+        {"id": "3", "biased_text": "c", "failure": CHANGED},
+        {"id": "4", "biased_text": "d", "failure": ""},
+    ]
+    source = _write_jsonl(tmp_path / "mined.jsonl", rows)
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "read_failures.py")
+
+    def select(*kinds: str) -> subprocess.CompletedProcess:
+        flags = [x for k in kinds for x in ("--kind", k)]
+        out = ["--out", str(tmp_path / "out.jsonl")]
+        command = [sys.executable, script, "select", str(source), *flags, *out]
+        return subprocess.run(command, capture_output=True)
+
+    assert select("copied", "changed").returncode == 0
+    kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert kept == [rows[0], rows[2]]  # whole rows, unchanged, in order
+    bad = select("copies")
+    assert bad.returncode != 0 and b"unknown kind copies" in bad.stderr
+
+
 def test_cli_method_and_init_adapter_reach_the_config(pairs_file, tmp_path):
     bad = _cli("train", "--data", str(pairs_file), "-o", str(tmp_path / "a"), "--method", "ppo")
     assert bad.returncode == 2 and "choose one of sft, dpo" in bad.stderr
