@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
 import time
 from pathlib import Path
@@ -36,6 +38,26 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 BASE = "hf:gguf:gemma-3-270m"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on. One adapter's greedy text moves with the CPU's kernels
+    (the shipped adapter rewrote 20 of 50 bias-set texts differently on an AVX-512 machine than on
+    the one before; docs/RESULTS.md, "Preference round 3"): compare figures from one machine only."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    found: dict[str, Any] = {"cpu": cpu or "unknown", "cores": os.cpu_count()}
+    try:
+        from llama_cpp import llama_cpp
+
+        found["llama_cpp"] = llama_cpp.llama_print_system_info().decode().strip(" |")
+    except ImportError:
+        pass
+    return found
 
 
 def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str], list[str] | None]]:
@@ -222,6 +244,7 @@ def main() -> None:
     }
     print(table(results))
     report = {
+        "machine": machine(),
         "adapter": str(adapter),
         "base": base,
         "engines": engines,

@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import machine  # noqa: E402
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LOAD_SNIPPET = """
 import time, json, sys
@@ -177,6 +180,7 @@ def main() -> None:
     threads = f", {engine.threads} threads" if hasattr(engine, "threads") else ""
     print(f"\nengine {engine.name}{threads}, {len(texts)} texts of ~30 words, max {args.max_new_tokens} new")
     print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print("machine: " + "; ".join(f"{key} {value}" for key, value in machine().items()))
     print(f"{'batch':>5} {'texts/s':>8} {'tokens/s':>9} {'s/text':>7} {'vs batch 1':>10} {'vs recipe':>9}")
     for size, tps, toks, per in rows:
         versus = f"{tps / recipe:>8.2f}x" if recipe else f"{'-':>9}"
