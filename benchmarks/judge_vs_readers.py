@@ -2,9 +2,12 @@
 
 The embedded judge agrees with the blind readers about single rewrites at Cohen's kappa 0.0-0.3
 (RESULTS, "A second reader"). This fits a logistic regression on the readers' labels of rewrites
-of *training* texts (docs/human-read/training-v6) over the judge's own encoder (the rewrite's
+of *training* texts (docs/human-read/training-v*) over the judge's own encoder (the rewrite's
 embedding and its difference from the input's), and scores it against both readers on the blind
 sheets of *held-out* texts, beside the shipped judge's verdicts on the same rows.
+
+It also scores the product's meaning check (encoder similarity under ``min_similarity`` flags a
+rewrite as "lost the meaning") against the second reader's ``meaning_kept`` on the same sheets.
 
     python benchmarks/judge_vs_readers.py
 """
@@ -35,7 +38,7 @@ def features(judge: EmbeddedJudge, pairs: list[tuple[str, str]]) -> np.ndarray:
 
 def main() -> None:
     judge = EmbeddedJudge()
-    train = rows(sorted((READS / "training-v6").glob("sheet-*.jsonl")))
+    train = rows(sorted(READS.glob("training-v*/sheet-*.jsonl")))
     first = rows(sorted(READS.glob("*.jsonl")))
     second = rows(sorted((READS / "reader2").glob("*.jsonl")))
     test = [k for k in first if k in second and k not in train]
@@ -69,6 +72,30 @@ def main() -> None:
             f"{name:>10} {y.mean():7.1%} {cohen_kappa_score(y, judge_flags):12.2f} "
             f"{cohen_kappa_score(y, probe_flags):12.2f} {roc_auc_score(y, unsafe_scores):10.3f} "
             f"{roc_auc_score(y, proba):10.3f}"
+        )
+    meaning_check(judge)
+
+
+def meaning_check(judge: EmbeddedJudge) -> None:
+    """How well the similarity floor finds the rewrites a reader says lost the meaning."""
+    from mbias.intervene import DebiasSettings
+
+    labels = read_labels([str(p) for p in sorted((READS / "reader2").glob("*.jsonl"))])
+    pairs = [k for k, row in labels.items() if row.get("meaning_kept") in (0, 1) and k[0] != k[1]]
+    lost = np.array([1 - labels[k]["meaning_kept"] for k in pairs])
+    similarity = np.array(judge.similarity([t for t, _ in pairs], [c for _, c in pairs]))
+    print(
+        f"meaning: {len(pairs)} changed rewrites read by reader 2, {lost.mean():.1%} lost the meaning; "
+        f"similarity as a detector, ROC-AUC {roc_auc_score(lost, -similarity):.3f}"
+    )
+    floor = DebiasSettings.min_similarity
+    for cut in sorted({0.4, floor, 0.6, 0.7}):
+        flagged = similarity < cut
+        caught = int((flagged & (lost == 1)).sum())
+        mark = " (the product's min_similarity)" if cut == floor else ""
+        print(
+            f"  similarity < {cut:.2f}{mark}: flags {flagged.mean():5.1%} of rewrites, "
+            f"precision {caught / max(1, flagged.sum()):.2f}, recall {caught / max(1, lost.sum()):.2f}"
         )
 
 
