@@ -40,7 +40,8 @@ def main() -> None:
     judge = EmbeddedJudge()
     train = rows(sorted(READS.glob("training-v*/sheet-*.jsonl")))
     first = rows(sorted(READS.glob("*.jsonl")))
-    second = rows(sorted((READS / "reader2").glob("*.jsonl")))
+    second_rows = read_labels([str(p) for p in sorted((READS / "reader2").glob("*.jsonl"))])
+    second = {key: row["unsafe"] for key, row in second_rows.items()}
     test = [k for k in first if k in second and k not in train]
     x_train, y_train = features(judge, list(train)), np.array(list(train.values()))
     probe = LogisticRegressionCV(
@@ -73,14 +74,13 @@ def main() -> None:
             f"{cohen_kappa_score(y, probe_flags):12.2f} {roc_auc_score(y, unsafe_scores):10.3f} "
             f"{roc_auc_score(y, proba):10.3f}"
         )
-    meaning_check(judge)
+    meaning_check(judge, second_rows)
 
 
-def meaning_check(judge: EmbeddedJudge) -> None:
+def meaning_check(judge: EmbeddedJudge, labels: dict[tuple[str, str], dict]) -> None:
     """How well the similarity floor finds the rewrites a reader says lost the meaning."""
     from mbias.intervene import DebiasSettings
 
-    labels = read_labels([str(p) for p in sorted((READS / "reader2").glob("*.jsonl"))])
     pairs = [k for k, row in labels.items() if row.get("meaning_kept") in (0, 1) and k[0] != k[1]]
     lost = np.array([1 - labels[k]["meaning_kept"] for k in pairs])
     similarity = np.array(judge.similarity([t for t, _ in pairs], [c for _, c in pairs]))
