@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mbias.errors import MbiasError
 from mbias.prompts import training_text
@@ -192,8 +194,11 @@ def test_loss_mask_covers_the_completion_and_eos_only(tiny_model_dir, pairs_file
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     padded = batch["attention_mask"] == 0
     assert (batch["labels"][padded] == -100).all() and padded[:, 0].sum() == 0  # right padding
+    batch = {key: value.to(trainer.model.device) for key, value in batch.items()}  # CUDA runs too
     fused = trainer.model(**batch, fused_lm_head=True)  # what the trainer optimises (labelled positions only)
-    assert abs(float(fused.loss) - float(trainer.model(**batch).loss)) < 1e-4
+    plain = float(trainer.model(**batch).loss)
+    exact = next(trainer.model.parameters()).dtype == torch.float32  # CUDA trains in bf16: 3 digits
+    assert abs(float(fused.loss) - plain) < (1e-4 if exact else 1e-2 * plain)
 
 
 @pytest.fixture(scope="module")
@@ -219,13 +224,39 @@ def test_training_lowers_loss_and_writes_a_loadable_adapter(trained, tiny_model_
     losses = [entry["loss"] for entry in log if "loss" in entry]
     assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])
     assert summary["global_step"] == 8 and summary["val_loss"] is not None
+    assert summary["weights"] == "float32"  # no CUDA: full precision, and the card says so
     assert (output / "adapter_config.json").exists() and (output / "adapter_model.safetensors").exists()
     card = (output / "README.md").read_text()
     assert f"{summary['val_loss']:.4f}" in card and str(tiny_model_dir) in card
+    assert "| base weights held as | float32 |" in card
     assert json.loads((output / "data_card.json").read_text())["train_pairs"] == 13
     engine = load_engine(f"hf:{tiny_model_dir}+adapter:{output}")
     out = engine.generate(["Text: Old people are slow.\nDebiased text:"], max_new_tokens=5)
     assert len(out) == 1 and isinstance(out[0][0], str)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None,
+    reason="QLoRA needs CUDA and bitsandbytes",
+)
+def test_paper_preset_trains_a_4bit_qlora_adapter_on_cuda(tiny_model_dir, pairs_file, tmp_path):
+    """The paper's recipe as it runs on a GPU: nf4 base, paged 8-bit AdamW, bf16, checkpointing."""
+    from mbias.engines import load_engine
+    from mbias.train.sft import train
+
+    config = apply_overrides(
+        preset("paper"),
+        [f"base=hf:{tiny_model_dir}", "max_steps=8", "learning_rate=2e-3", "batch_size=4"]
+        + ["logging_steps=1", "val_fraction=0", "exclude_test_set="],
+    )
+    summary = train(config, [str(pairs_file)], tmp_path / "qlora")
+    assert summary["weights"] == "4-bit nf4 (QLoRA)" and summary["optimizer"] == "paged_adamw_8bit"
+    log = [json.loads(line) for line in (tmp_path / "qlora" / "train_log.jsonl").read_text().splitlines()]
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])
+    assert "4-bit nf4 (QLoRA)" in (tmp_path / "qlora" / "README.md").read_text()
+    engine = load_engine(f"hf:{tiny_model_dir}+adapter:{tmp_path / 'qlora'}")
+    assert isinstance(engine.generate(["[INST] Old people are slow. [/INST]"], max_new_tokens=4)[0][0], str)
 
 
 def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir, tmp_path):

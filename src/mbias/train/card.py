@@ -43,6 +43,7 @@ A LoRA adapter that rewrites biased or toxic text into a safe version keeping it
 | validation loss | {_loss(summary["val_loss"])} |
 | wall time (this session) | {minutes:.1f} min |
 | optimizer used | `{summary["optimizer"]}` |
+| base weights held as | {summary["weights"]} |
 | resumed from | {summary["resumed_from"] or "-"} |
 
 ## Hyper-parameters

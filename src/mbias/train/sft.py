@@ -107,6 +107,21 @@ def load_model(config: TrainConfig) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def checkpointing_argument() -> str:
+    """The installed TrainingArguments' name for activation checkpointing.
+
+    transformers 5.2x renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name
+    warns until v6); earlier 5.x releases, such as the 5.17 on the project's GPU machine, know only
+    the old one.
+    """
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def training_arguments(config: TrainConfig, output: Path, has_eval: bool) -> dict[str, Any]:
     """The TrainingArguments both trainers share."""
     import torch
@@ -126,7 +141,7 @@ def training_arguments(config: TrainConfig, output: Path, has_eval: bool) -> dic
         weight_decay=config.weight_decay,
         optim=_optimizer(config),
         max_length=config.max_length,
-        activation_checkpointing=config.gradient_checkpointing,  # gradient_checkpointing in 5.x
+        **{checkpointing_argument(): config.gradient_checkpointing},
         bf16=cuda,
         fp16=False,
         use_cpu=not cuda,
@@ -234,6 +249,14 @@ def build_trainer(config: TrainConfig, data: TrainingData, output: Path) -> Any:
     )
 
 
+def weight_format(model: Any) -> str:
+    """How the frozen base weights were held: the card says whether a run was QLoRA, as asked, or fell
+    back to full precision (no CUDA or no bitsandbytes)."""
+    if any(type(module).__name__ == "Linear4bit" for module in model.modules()):
+        return "4-bit nf4 (QLoRA)"
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def train(
     config: TrainConfig,
     data_specs: list[str],
@@ -274,6 +297,7 @@ def train(
         ),
         "val_loss": final_eval.get("eval_loss"),
         "wall_time_s": round(time.perf_counter() - started, 1),
+        "weights": weight_format(trainer.model),
         "optimizer": trainer.args.optim.value
         if hasattr(trainer.args.optim, "value")
         else str(trainer.args.optim),
