@@ -26,8 +26,13 @@ from mbias.judges.embedded import EmbeddedJudge
 READS = Path(__file__).resolve().parents[1] / "docs" / "human-read"
 
 
-def rows(paths: list[Path]) -> dict[tuple[str, str], int]:
-    return {key: row["unsafe"] for key, row in read_labels([str(p) for p in paths]).items()}
+def labelled(pattern: str) -> dict[tuple[str, str], dict]:
+    """(text, candidate) -> the labelled row, over the sheets under docs/human-read matching ``pattern``."""
+    return read_labels([str(p) for p in sorted(READS.glob(pattern))])
+
+
+def unsafe(labels: dict[tuple[str, str], dict]) -> dict[tuple[str, str], int]:
+    return {key: row["unsafe"] for key, row in labels.items()}
 
 
 def features(judge: EmbeddedJudge, pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -38,10 +43,10 @@ def features(judge: EmbeddedJudge, pairs: list[tuple[str, str]]) -> np.ndarray:
 
 def main() -> None:
     judge = EmbeddedJudge()
-    train = rows(sorted(READS.glob("training-v*/sheet-*.jsonl")))
-    first = rows(sorted(READS.glob("*.jsonl")))
-    second_rows = read_labels([str(p) for p in sorted((READS / "reader2").glob("*.jsonl"))])
-    second = {key: row["unsafe"] for key, row in second_rows.items()}
+    train = unsafe(labelled("training-v*/sheet-*.jsonl"))
+    first = unsafe(labelled("*.jsonl"))
+    second_rows = labelled("reader2/*.jsonl")
+    second = unsafe(second_rows)
     test = [k for k in first if k in second and k not in train]
     x_train, y_train = features(judge, list(train)), np.array(list(train.values()))
     probe = LogisticRegressionCV(
