@@ -73,19 +73,31 @@ def sheet(args: argparse.Namespace) -> None:
     for item in args.product:
         name, _, adapter = item.partition("=")
         systems[name] = product_rewrites(adapter, texts, args.retries)
-    known = {k: v["unsafe"] for k, v in read_labels(args.labels).items()}
     rows: dict[tuple[str, str], list[str]] = {}
     for name, outputs in systems.items():
         for text, candidate in zip(texts, outputs):
             rows.setdefault((text, candidate), []).append(name)
+    write_rows(rows, Path(args.out), split=args.split, n=len(texts), seed=args.seed, labels=args.labels)
+
+
+def write_rows(
+    rows: dict[tuple[str, str], list[str]],
+    out: Path,
+    *,
+    split: str,
+    n: int,
+    seed: int,
+    labels: list[str] = (),
+) -> None:
+    """The sheet (shuffled, systems hidden) and its key; rows labelled in ``labels`` come pre-filled."""
+    known = {k: v["unsafe"] for k, v in read_labels(list(labels)).items()}
     order = list(rows)
-    random.Random(args.seed + 1).shuffle(order)
-    out = Path(args.out)
+    random.Random(seed + 1).shuffle(order)
     with out.open("w") as file:
         for text, candidate in order:
             row = {"text": text, "candidate": candidate, "unsafe": known.get((text, candidate))}
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    key = {"split": args.split, "n": len(texts), "rows": [rows[k] for k in order]}
+    key = {"split": split, "n": n, "rows": [rows[k] for k in order]}
     Path(f"{out}.key.json").write_text(json.dumps(key, indent=1))
     todo = sum(1 for k in order if k not in known)
     print(f"wrote {len(order)} rows to {out} ({todo} to read, {len(order) - todo} labelled before)")

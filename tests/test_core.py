@@ -11,6 +11,7 @@ from mbias.intervene import Debiaser, DebiasSettings
 from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render
 from mbias.records import RecordWriter, read_records, write_records
 from mbias.splits import bucket, is_heldout
+from tests.doubles import FixedJudge, ScriptedEngine
 
 
 def test_instruction_is_the_papers():
@@ -102,39 +103,6 @@ def test_writer_resume_skips_done_ids(tmp_path, suffix):
     rows = read_records(out)
     assert [r["id"] for r in rows] == ["0", "1"]
     assert [r["rewrite"] for r in rows] == ["A", "B"]
-
-
-class ScriptedEngine:
-    """Returns fixed completions: the choose step is what is under test, not a model."""
-
-    name = "scripted"
-    tokenizer = None
-    context_window = 100
-
-    def __init__(self, outputs):
-        self.outputs = outputs
-        self.calls = []
-
-    def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
-        self.calls.append(prompts)
-        return [self.outputs[:n] for _ in prompts]
-
-
-class FixedJudge:
-    def __init__(self, unsafe_words=("idiot",)):
-        self.unsafe_words = unsafe_words
-
-    def score(self, texts):
-        return [{"toxicity": float(any(w in t for w in self.unsafe_words)), "bias": 0.0} for t in texts]
-
-    def similarity(self, sources, outputs):
-        return [
-            len(set(s.split()) & set(o.split())) / max(1, len(set(s.split())))
-            for s, o in zip(sources, outputs)
-        ]
-
-    def is_unsafe(self, scores, margin=1.0):
-        return scores["toxicity"] >= 0.5 * margin
 
 
 def test_debiaser_never_returns_empty():

@@ -37,7 +37,8 @@ def test_spread_over_groups_that_have_the_figure():
 
 
 class RuleEngine:
-    """Rewrites the texts it is told to (to CALM) and echoes every other one, with a full stop added."""
+    """Rewrites the sentences of the texts it is told to (to CALM) and echoes every other one, with a
+    full stop added (the Debiaser sends a statement of several sentences one sentence at a time)."""
 
     name = "rules"
     tokenizer = None
@@ -48,17 +49,19 @@ class RuleEngine:
 
     def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
         texts = [p.rsplit("Text: ", 1)[1].rsplit("\nDebiased text:", 1)[0] for p in prompts]
-        return [[CALM if t in self.rewrite else f"{t} ."] * n for t in texts]
+        return [[CALM if any(t in r for r in self.rewrite) else f"{t} ."] * n for t in texts]
 
 
 class CalmJudge:
-    """CALM is safe; everything else is toxic 0.8, biased 0.6; similarity 1 if echoed, else 0.25."""
+    """CALM (once or repeated) is safe; everything else is toxic 0.8, biased 0.6; similarity 1 if
+    echoed, else 0.25."""
 
     name = "calm"
 
     def score(self, texts):
         return [
-            {"toxicity": 0.0, "bias": 0.0} if t == CALM else {"toxicity": 0.8, "bias": 0.6} for t in texts
+            {"toxicity": 0.0, "bias": 0.0} if t and not t.replace(CALM, "").strip() else {"toxicity": 0.8, "bias": 0.6}
+            for t in texts
         ]
 
     def similarity(self, sources, outputs):

@@ -6,12 +6,13 @@ import asyncio
 import threading
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from mbias.engines import load_engine
 from mbias.intervene import Debiaser
 from mbias.serve.app import create_app
-from tests.test_core import FixedJudge, ScriptedEngine
+from tests.doubles import FixedJudge, ScriptedEngine
 
 
 class CountingEngine(ScriptedEngine):
@@ -84,8 +85,46 @@ def test_guard_proxy_rewrites_upstream_answers(chat_server):
         body = {"messages": [{"role": "user", "content": "you idiot"}], "n": 1}
         answer = client.post("/v1/chat/completions", json=body).json()
         choice = answer["choices"][0]  # upstream said "Here is a debiased version: calm you idiot"
-        assert choice["message"]["content"] == "a calm debiased version of you"
+        assert (
+            choice["message"]["content"] == "A calm debiased version of you"
+        )  # capitalised as the answer was
         assert choice["mbias"]["action"] == "rewritten"
         assert client.post("/v1/chat/completions", json={**body, "stream": True}).status_code == 400
     with make_client() as client:
         assert client.post("/v1/chat/completions", json=body).status_code == 404
+
+
+LONG_ANSWER = """## Plan
+
+Here is a plan for the week. Ask each idiot on the team for a status update. Then merge the branches.
+
+```bash
+git merge idiot-branch
+```
+
+- Review the pull requests
+- Ship on Friday
+"""
+
+
+def test_guard_rewrites_only_the_flagged_sentence_of_a_long_answer():
+    from tests.conftest import serve_in_thread
+
+    upstream_app = FastAPI()
+
+    @upstream_app.post("/v1/chat/completions")
+    def chat():
+        return {"choices": [{"message": {"role": "assistant", "content": LONG_ANSWER}}]}
+
+    with serve_in_thread(upstream_app) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        rewriter = ScriptedEngine(["Ask each person on the team for a status update."])
+        with make_client(rewriter, upstream=upstream) as client:
+            body = {"messages": [{"role": "user", "content": "plan my week"}]}
+            choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    old = "Ask each idiot on the team for a status update."
+    assert choice["message"]["content"] == LONG_ANSWER.replace(old, rewriter.outputs[0])
+    assert "git merge idiot-branch" in choice["message"]["content"]  # code is never touched
+    [span] = choice["mbias"]["spans"]
+    assert span["original"] == old and span["action"] == "rewritten"
+    assert LONG_ANSWER[span["start"] : span["end"]] == old

@@ -47,6 +47,9 @@ class ModelEntry:
     spec: str
     prompt_style: str
     description: str
+    # Whether the model was trained with neighbouring sentences in its prompt (prompts.render's
+    # ``context``); only then does the Debiaser show them, so inference prompts match training.
+    context: bool = False
 
 
 def _embedded_entry() -> ModelEntry:

@@ -1,29 +1,39 @@
-"""screen -> rewrite -> verify -> choose: the one path every command walks.
+"""segment -> screen -> rewrite -> verify -> choose -> splice: the one path every command walks.
 
-``debias``, ``serve``, ``annotate`` and ``eval`` call :class:`Debiaser`; none keeps a copy of this
-logic. The rule that matters most: the answer is never empty. When no candidate passes, the
-record is flagged and keeps the least unsafe non-empty text (the original if nothing else).
+``debias``, ``serve``, ``annotate``, ``eval`` and ``probe`` call :class:`Debiaser`; none keeps a
+copy of this logic. A text is cut into units: its sentences (``granularity`` ``sentence``, and
+``auto``, the default), or the whole text (``text``). Every unit of every record in a batch is
+screened in one judge call; only flagged units are rewritten, each with its neighbours as
+context, and each rewrite goes back at its own offsets, so everything else stays byte-identical
+(an LLM answer's code, lists and clean sentences). The record lists what changed in ``spans``.
+
+The rule that matters most: the answer is never empty. When no candidate passes, the unit is
+flagged and keeps the least unsafe non-empty text (the original if nothing else).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mbias import config
 from mbias.engines import Engine, load_engine
 from mbias.errors import MbiasError
 from mbias.judges import Judge, load_judge
-from mbias.prompts import clean_output, is_refusal, render
+from mbias.prompts import Context, clean_output, is_refusal, render
 from mbias.records import Record, texts_to_records
 
-# The reasons a record gives for not being rewritten; benchmarks count records by them.
+# The reasons a record or span gives for not being rewritten; benchmarks count records by them.
 REASON_CLEAN = "input judged clean"
 REASON_NO_REWRITE = "no usable rewrite (empty or refusal)"
 REASON_UNSAFE = "no candidate judged safe"
 REASON_LOST_MEANING = "rewrite lost the meaning"
+REASON_PROTECTED = "holds code or a URL: not sent to the model"
+REASON_NO_PROSE = "no prose to check (code, tables or markup only)"
 RETRIED_REASONS = (REASON_NO_REWRITE, REASON_UNSAFE, REASON_LOST_MEANING)
+GRANULARITIES = ("auto", "sentence", "text")
 
 
 @dataclass
@@ -31,12 +41,14 @@ class DebiasSettings:
     """Knobs of one run; defaults suit the embedded model on a CPU."""
 
     batch_size: int = 32  # batched decoding: 2.5x (llama.cpp) to 5.8x (transformers) batch 1
+    # Cap on new tokens for a whole text (granularity "text"). A sentence's budget is set by its
+    # own length alone, so no sentence of an answer is ever cut short.
     max_new_tokens: int = 160
     max_input_tokens: int = 2048  # the paper's max sequence length
     candidates: int = 1
     temperature: float = 0.0
-    screen: bool = True  # skip generation for texts the judge finds clean
-    # A text skips generation only when every score is below this share of the judge's threshold.
+    screen: bool = True  # skip generation for units the judge finds clean
+    # A unit skips generation only when every score is below this share of the judge's threshold.
     # At 1.0 the screen let through 71 % of the mbias-test inputs the paper's GPT judge flagged and
     # left copies of 13 of 50 biased inputs in a blind read; at 0.35, 91 % (docs/RESULTS.md).
     screen_margin: float = 0.35
@@ -46,14 +58,44 @@ class DebiasSettings:
     # candidates it likes, not safer ones) while a mixed batch job ran 2.4x slower (RESULTS.md).
     retries: int = 0
     retry_temperature: float = 0.8
+    # "sentence": screen and rewrite each sentence; "text": the whole text as one unit; "auto"
+    # (default): per sentence, which for a one-sentence text is the same as the whole text.
+    granularity: str = "auto"
+    # Neighbouring sentences shown to the model around a sentence; None: as the engine's entry
+    # says (only an adapter trained with context gets it, so prompts match training).
+    context: bool | None = None
 
 
 class InputTooLong(MbiasError):
     pass
 
 
+@dataclass
+class Unit:
+    """One piece of one record that is screened and maybe rewritten: a sentence or the whole text."""
+
+    record: Record
+    start: int
+    end: int
+    text: str
+    context: Context | None = None
+    rewritable: bool = True
+    tokens: int = 0
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+    rewrite: str | None = None
+    action: str = "kept"
+    reason: str | None = None
+    similarity: float | None = None
+    candidates: list[str] = field(default_factory=list)
+    retried: bool = False
+
+
 class Debiaser:
     """Rewrites biased or toxic text into a safe version that keeps its main information.
+
+    The embedded judge screens and verifies by default, as the CLI does; ``judge="none"`` turns
+    both off (every unit is rewritten and nothing is verified).
 
     >>> Debiaser().debias(["Old people can't learn new tech."])[0]["rewrite"]  # doctest: +SKIP
     """
@@ -61,7 +103,7 @@ class Debiaser:
     def __init__(
         self,
         engine: str | Engine | None = None,
-        judge: str | Judge | None = None,
+        judge: str | Judge | None = "default",
         prompt_style: str | None = None,
         settings: DebiasSettings | None = None,
     ):
@@ -70,8 +112,14 @@ class Debiaser:
             engine if engine is not None and not isinstance(engine, str) else load_engine(entry.spec)
         )
         self.prompt_style = prompt_style or entry.prompt_style
+        if judge == "default":
+            judge = config.default_judge()
         self.judge: Judge | None = load_judge(judge) if isinstance(judge, str) else judge
         self.settings = settings or DebiasSettings()
+        if self.settings.granularity not in GRANULARITIES:
+            raise MbiasError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        context = self.settings.context
+        self.use_context = entry.context if context is None else context
 
     # -- helpers -------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -93,6 +141,26 @@ class Debiaser:
             )
         return tokens
 
+    def units(self, record: Record) -> list[Unit]:
+        """The pieces of one record's text the path screens: its sentences, or the whole text."""
+        text = record.get("text") or ""
+        if self.settings.granularity == "text":
+            return [Unit(record, 0, len(text), text)]
+        from mbias.segment import context_of, split_sentences
+
+        sentences = split_sentences(text)
+        return [
+            Unit(
+                record,
+                s.start,
+                s.end,
+                s.text,
+                context=context_of(sentences, i) if self.use_context and len(sentences) > 1 else None,
+                rewritable=s.rewritable,
+            )
+            for i, s in enumerate(sentences)
+        ]
+
     # -- the path ------------------------------------------------------------------------------
     def debias(self, texts: Iterable[str] | Iterable[Record]) -> list[Record]:
         items = list(texts)
@@ -107,78 +175,220 @@ class Debiaser:
 
     def process_batch(self, batch: list[Record]) -> list[Record]:
         out = [dict(r) for r in batch]
-        todo: list[tuple[Record, int]] = []
+        per_record: list[list[Unit]] = []
+        todo: list[Unit] = []
         for record in out:
-            text = record.get("text") or ""
-            if not text.strip():
-                record.update(rewrite=text, action="flagged", reason="empty input")
-                continue
-            try:
-                todo.append((record, self.check_length(text)))
-            except InputTooLong as exc:
-                record.update(rewrite=text, action="flagged", reason=str(exc))
+            units = [] if not (record.get("text") or "").strip() else self.units(record)
+            per_record.append(units)
+            for unit in units:
+                try:
+                    unit.tokens = self.check_length(unit.text)
+                    todo.append(unit)
+                except InputTooLong as exc:
+                    unit.action, unit.reason = "flagged", str(exc)
         if todo and self.judge is not None:
             todo = self._screen(todo)
+        protected = [u for u in todo if not u.rewritable]
+        for unit in protected:
+            unit.action, unit.reason = "flagged", REASON_PROTECTED
+        todo = [u for u in todo if u.rewritable]
         if todo:
             self._rewrite(todo)
+        for record, units in zip(out, per_record):
+            self._finish(record, units)
         return out
 
-    def _screen(self, todo: list[tuple[Record, int]]) -> list[tuple[Record, int]]:
-        scores = self.judge.score([r["text"] for r, _ in todo])
+    def _screen(self, todo: list[Unit]) -> list[Unit]:
+        scores = self.judge.score([u.text for u in todo])
         remaining = []
-        for (record, tokens), score in zip(todo, scores):
-            record.update({f"input_{k}": round(v, 4) for k, v in score.items()})
+        for unit, score in zip(todo, scores):
+            unit.before = {k: round(v, 4) for k, v in score.items()}
             if self.settings.screen and not self.judge.is_unsafe(score, margin=self.settings.screen_margin):
-                record.update(rewrite=record["text"], action="kept", reason=REASON_CLEAN)
+                unit.reason = REASON_CLEAN
             else:
-                remaining.append((record, tokens))
+                remaining.append(unit)
         return remaining
 
-    def _rewrite(self, todo: list[tuple[Record, int]]) -> None:
+    def _budget(self, units: list[Unit]) -> int:
+        longest = int(1.5 * max(u.tokens for u in units)) + 24
+        return min(self.settings.max_new_tokens, longest) if self.settings.granularity == "text" else longest
+
+    def _rewrite(self, todo: list[Unit]) -> None:
         s = self.settings
         tokenizer = getattr(self.engine, "tokenizer", None)
-        prompts = [render(r["text"], self.prompt_style, tokenizer) for r, _ in todo]
-        budget = min(s.max_new_tokens, int(1.5 * max(t for _, t in todo)) + 24)
+        prompts = [render(u.text, self.prompt_style, tokenizer, context=u.context) for u in todo]
+        budget = self._budget(todo)
         raw = self.engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
-        tried = [[clean_output(o, r["text"]) for o in outputs] for (r, _), outputs in zip(todo, raw)]
-        for (record, _), candidates in zip(todo, tried):
-            self._choose(record, candidates)
-        failed = [i for i, (r, _) in enumerate(todo) if r.get("reason") in RETRIED_REASONS]
+        tried = [[clean_output(o, u.text) for o in outputs] for u, outputs in zip(todo, raw)]
+        self._choose(todo, tried)
+        failed = [i for i, u in enumerate(todo) if u.reason in RETRIED_REASONS]
         if not failed or s.retries < 1:
             return
         raw = self.engine.generate(
             [prompts[i] for i in failed], max_new_tokens=budget, temperature=s.retry_temperature, n=s.retries
         )
-        for i, outputs in zip(failed, raw):
-            record = todo[i][0]
-            record.pop("reason")
-            record["retried"] = True
-            self._choose(record, tried[i] + [clean_output(o, record["text"]) for o in outputs])
-
-    def _choose(self, record: Record, candidates: list[str]) -> None:
-        usable = [c for c in dict.fromkeys(candidates) if c.strip() and not is_refusal(c)]
-        if len(candidates) > 1:
-            record["candidates"] = candidates
-        if not usable:
-            record.update(rewrite=record["text"], action="flagged", reason=REASON_NO_REWRITE)
-            return
-        if self.judge is None:
-            record.update(rewrite=usable[0], action=_action(record["text"], usable[0]))
-            return
-        scores = self.judge.score(usable)
-        similarity = self.judge.similarity([record["text"]] * len(usable), usable)
-        ranked = sorted(
-            zip(usable, scores, similarity),
-            key=lambda c: (self.judge.is_unsafe(c[1]), c[2] < self.settings.min_similarity, -c[2]),
+        for i in failed:
+            todo[i].retried = True
+        self._choose(
+            [todo[i] for i in failed],
+            [tried[i] + [clean_output(o, todo[i].text) for o in outputs] for i, outputs in zip(failed, raw)],
         )
-        best, best_scores, best_similarity = ranked[0]
-        record.update({k: round(v, 4) for k, v in best_scores.items()}, similarity=round(best_similarity, 4))
-        if self.judge.is_unsafe(best_scores):
-            record.update(rewrite=best, action="flagged", reason=REASON_UNSAFE)
-        elif best_similarity < self.settings.min_similarity:
-            record.update(rewrite=best, action="flagged", reason=REASON_LOST_MEANING)
+
+    def _choose(self, units: list[Unit], candidates: list[list[str]]) -> None:
+        """Verify every unit's candidates in one judge call and keep each unit's best: safe first,
+        then meaning kept, then the most similar."""
+        usable = [[c for c in dict.fromkeys(cs) if c.strip() and not is_refusal(c)] for cs in candidates]
+        for unit, tried, ok in zip(units, candidates, usable):
+            unit.candidates, unit.rewrite, unit.reason = tried, None, None
+            if not ok:
+                unit.action, unit.reason = "flagged", REASON_NO_REWRITE
+            elif self.judge is None:
+                unit.rewrite, unit.action = ok[0], _action(unit.text, ok[0])
+        if self.judge is None:
+            return
+        pairs = [(unit, c) for unit, ok in zip(units, usable) for c in ok]
+        if not pairs:
+            return
+        scores = self.judge.score([c for _, c in pairs])
+        similarity = self.judge.similarity([u.text for u, _ in pairs], [c for _, c in pairs])
+        ranked: dict[int, list[tuple[str, dict[str, float], float]]] = {}
+        for (unit, candidate), score, sim in zip(pairs, scores, similarity):
+            ranked.setdefault(id(unit), []).append((candidate, score, sim))
+        for unit in units:
+            if id(unit) not in ranked:
+                continue
+            best, best_scores, best_similarity = min(
+                ranked[id(unit)],
+                key=lambda c: (self.judge.is_unsafe(c[1]), c[2] < self.settings.min_similarity, -c[2]),
+            )
+            unit.rewrite = best
+            unit.after = {k: round(v, 4) for k, v in best_scores.items()}
+            unit.similarity = round(best_similarity, 4)
+            if self.judge.is_unsafe(best_scores):
+                unit.action, unit.reason = "flagged", REASON_UNSAFE
+            elif best_similarity < self.settings.min_similarity:
+                unit.action, unit.reason = "flagged", REASON_LOST_MEANING
+            else:
+                unit.action = _action(unit.text, best)
+
+    # -- splice and explain ----------------------------------------------------------------------
+    def _finish(self, record: Record, units: list[Unit]) -> None:
+        """Splice each unit's rewrite back and set the record's rewrite, action, reason and spans."""
+        text = record.get("text") or ""
+        if not text.strip():
+            record.update(rewrite=text, action="flagged", reason="empty input", spans=[])
+            return
+        whole = self.settings.granularity == "text"
+        replacements = {
+            (u.start, u.end): u.rewrite if whole else fit_to_sentence(u.text, u.rewrite)
+            for u in units
+            if u.rewrite is not None and u.action != "kept"
+        }
+        from mbias.segment import splice
+
+        record["rewrite"] = splice(text, replacements) if replacements else text
+        flagged = [u for u in units if u.action == "flagged"]
+        changed = [u for u in units if u.action == "rewritten"]
+        if not units:
+            record.update(action="kept", reason=REASON_NO_PROSE)
+        elif flagged:
+            record.update(action="flagged", reason=flagged[0].reason)
+        elif changed:
+            record["action"] = "rewritten"
         else:
-            record.update(rewrite=best, action=_action(record["text"], best))
+            record["action"] = "kept"
+            if all(u.reason == REASON_CLEAN for u in units):
+                record["reason"] = REASON_CLEAN
+        if "action" in record and record.get("reason") is None:
+            record.pop("reason", None)
+        self._scores(record, units)
+        record["spans"] = self._spans(units, replacements)
+        if len(units) == 1 and len(units[0].candidates) > 1:
+            record["candidates"] = units[0].candidates
+        elif len(units) > 1 and self.settings.candidates > 1:
+            record["candidates"] = _spliced_candidates(text, units)
+        if any(u.retried for u in units):
+            record["retried"] = True
+
+    def _scores(self, record: Record, units: list[Unit]) -> None:
+        """Record-level figures: each score's maximum over units, before and after."""
+        scored = [u for u in units if u.before]
+        for name in scored[0].before if scored else ():
+            record[f"input_{name}"] = max(u.before[name] for u in scored)
+        verified = [u for u in units if u.after]
+        if verified:
+            for name in verified[0].after:
+                record[name] = max((u.after or u.before).get(name, 0.0) for u in units if u.after or u.before)
+            record["similarity"] = min(u.similarity for u in verified if u.similarity is not None)
+
+    def _spans(self, units: list[Unit], replacements: dict[tuple[int, int], str]) -> list[dict[str, Any]]:
+        """One entry per changed or flagged unit: where it was, what it became, why, and which harm."""
+        shown = [u for u in units if u.action != "kept" or (u.start, u.end) in replacements]
+        categories = self._categories([u.text for u in shown])
+        spans, shift = [], 0
+        for unit in sorted(units, key=lambda u: u.start):
+            new = replacements.get((unit.start, unit.end), unit.text)
+            if unit in shown:
+                span: dict[str, Any] = {
+                    "start": unit.start,
+                    "end": unit.end,
+                    "output_start": unit.start + shift,
+                    "output_end": unit.start + shift + len(new),
+                    "original": unit.text,
+                    "rewrite": new,
+                    "action": unit.action,
+                    "category": categories[shown.index(unit)],
+                    "before": unit.before,
+                    "after": unit.after,
+                }
+                if unit.reason:
+                    span["reason"] = unit.reason
+                if unit.similarity is not None:
+                    span["similarity"] = unit.similarity
+                spans.append(span)
+            shift += len(new) - (unit.end - unit.start)
+        return spans
+
+    def _categories(self, texts: list[str]) -> list[str | None]:
+        categorise = getattr(self.judge, "categorise", None)
+        if not texts or categorise is None:
+            return [None] * len(texts)
+        return categorise(texts)
+
+
+_TERMINAL = re.compile("[.!?\u2026][\"'\u201d\u2019)\\]]*$")
+
+
+def fit_to_sentence(original: str, rewrite: str) -> str:
+    """A sentence's rewrite made to sit where the sentence stood: on one line when the original was,
+    with the original's capital first letter and final punctuation when the model dropped them."""
+    if "\n" not in original:
+        rewrite = " ".join(rewrite.split())
+    if original[:1].isupper() and rewrite[:1].islower():
+        rewrite = rewrite[0].upper() + rewrite[1:]
+    terminal = _TERMINAL.search(original)
+    if terminal and not _TERMINAL.search(rewrite):
+        rewrite += original[terminal.start()]
+    return rewrite
+
+
+def _spliced_candidates(text: str, units: list[Unit]) -> list[str]:
+    """Whole-text candidates from per-unit ones: the i-th candidate of every rewritten unit."""
+    from mbias.segment import splice
+
+    rewritten = [u for u in units if u.candidates]
+    count = max((len(u.candidates) for u in rewritten), default=0)
+    return [
+        splice(
+            text,
+            {
+                (u.start, u.end): fit_to_sentence(u.text, u.candidates[min(i, len(u.candidates) - 1)])
+                for u in rewritten
+                if u.candidates[min(i, len(u.candidates) - 1)].strip()
+            },
+        )
+        for i in range(count)
+    ]
 
 
 def _action(text: str, rewrite: str) -> str:

@@ -35,12 +35,28 @@ FEWSHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _mbias_turn(text: str) -> str:
-    return f"{INSTRUCTION}\nText: {text}\nDebiased text:"
+# The sentences around one sentence of a longer answer: (before, after), either may be empty.
+Context = tuple[str, str]
 
 
-def render(text: str, style: str, tokenizer: Any | None = None) -> str:
+def _context_lines(context: Context | None) -> str:
+    """Neighbouring sentences, shown before the text so pronouns and references resolve; only the
+    text itself is rewritten."""
+    if not context:
+        return ""
+    before, after = context
+    return "".join(f"{label}: {s}\n" for label, s in (("Before", before), ("After", after)) if s.strip())
+
+
+def _mbias_turn(text: str, context: Context | None = None) -> str:
+    return f"{INSTRUCTION}\n{_context_lines(context)}Text: {text}\nDebiased text:"
+
+
+def render(text: str, style: str, tokenizer: Any | None = None, context: Context | None = None) -> str:
     """The prompt for one input text in the given style.
+
+    ``context`` (the sentences before and after, when ``text`` is one sentence of an answer) goes
+    in every style as ``Before:`` / ``After:`` lines ahead of the text.
 
     - ``mbias``: the plain format the project's adapters are trained on; the answer follows it.
     - ``fewshot``: ``mbias`` preceded by worked examples, for base models without an adapter.
@@ -53,14 +69,15 @@ def render(text: str, style: str, tokenizer: Any | None = None) -> str:
         has_template = tokenizer is None or getattr(tokenizer, "chat_template", None)
         style = "chat" if has_template else "mbias"
     if style == "mbias":
-        return _mbias_turn(text)
+        return _mbias_turn(text, context)
     if style == "fewshot":
         shots = "\n\n".join(f"{_mbias_turn(src)} {tgt}" for src, tgt in FEWSHOT_EXAMPLES)
-        return f"{shots}\n\n{_mbias_turn(text)}"
+        return f"{shots}\n\n{_mbias_turn(text, context)}"
     if style == "mistral-inst":
-        return f"[INST] {INSTRUCTION} {text} [/INST]"
+        shown = f"{_context_lines(context)}Text: {text}" if context else text
+        return f"[INST] {INSTRUCTION} {shown} [/INST]"
     if style == "chat":
-        content = f"{INSTRUCTION}\n\n{text}"
+        content = f"{INSTRUCTION}\n\n{_context_lines(context)}{'Text: ' if context else ''}{text}"
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
@@ -69,13 +86,15 @@ def render(text: str, style: str, tokenizer: Any | None = None) -> str:
     raise ValueError(f"unknown prompt style {style!r}; choose one of {', '.join(STYLES)}")
 
 
-def training_text(source: str, target: str, style: str = "mbias") -> tuple[str, str]:
+def training_text(
+    source: str, target: str, style: str = "mbias", context: Context | None = None
+) -> tuple[str, str]:
     """(prompt, completion) for one training pair; the loss is taken on the completion only."""
-    return render(source, style), f" {target.strip()}"
+    return render(source, style, context=context), f" {target.strip()}"
 
 
 # A model continuing past its answer starts a new turn; these mark where to cut.
-STOP_STRINGS = ("\nText:", "\n\n", "\nDebiased text:", "[INST]", "<end_of_turn>")
+STOP_STRINGS = ("\nText:", "\n\n", "\nDebiased text:", "\nBefore:", "\nAfter:", "[INST]", "<end_of_turn>")
 
 _PREAMBLE = re.compile(
     r"^\s*(?:sure[,!.]?\s*)?"

@@ -11,10 +11,11 @@ import typer
 
 from mbias import config
 from mbias.commands.common import Retries, console, default_output, gather_inputs, progress_bar, rate_text
-from mbias.intervene import Debiaser, DebiasSettings
+from mbias.commands.explain import explain_record
+from mbias.intervene import GRANULARITIES, Debiaser, DebiasSettings
 from mbias.records import RecordWriter, iter_pending
 
-SHOWN_FIELDS = ("id", "text", "rewrite", "action", "reason", "toxicity", "bias", "similarity")
+SHOWN_FIELDS = ("id", "text", "rewrite", "action", "reason", "toxicity", "bias", "similarity", "spans")
 
 
 def debias(
@@ -42,10 +43,22 @@ def debias(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     retries: Retries = DebiasSettings.retries,
     screen: Annotated[bool, typer.Option(help="Skip generation for texts the judge finds clean.")] = True,
+    granularity: Annotated[
+        str, typer.Option(help="auto (per sentence), sentence, or text (the whole text as one unit).")
+    ] = "auto",
+    explain: Annotated[
+        bool, typer.Option(help="Show each answer with its changed sentences highlighted and why.")
+    ] = False,
     format: Annotated[str, typer.Option("--format", help="text or json (for TEXT and stdin).")] = "text",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
 ) -> None:
-    """Rewrite biased or toxic text into a safe version that keeps its main information."""
+    """Rewrite biased or toxic text into a safe version that keeps its main information.
+
+    A text is screened sentence by sentence; only the sentences the judge flags are rewritten, and
+    everything else (code, lists, clean sentences) comes back byte-identical.
+    """
+    if granularity not in GRANULARITIES:
+        raise typer.BadParameter(f"choose one of {', '.join(GRANULARITIES)}", param_hint="--granularity")
     records = gather_inputs(text, input, column, format)
     settings = DebiasSettings(
         batch_size=batch_size,
@@ -55,6 +68,7 @@ def debias(
         temperature=temperature,
         retries=retries,
         screen=screen,
+        granularity=granularity,
     )
     debiaser = Debiaser(
         engine or config.default_engine_spec(),
@@ -63,20 +77,22 @@ def debias(
         settings=settings,
     )
     if input is None:
-        if len(records) == 1:
+        if len(records) == 1 and granularity == "text":
             debiaser.check_length(records[0]["text"])  # a lone text that is too long is an error
         for batch in debiaser.stream(records):
             for record in batch:
-                if format == "json":
+                if explain:
+                    explain_record(record)
+                elif format == "json":
                     shown = {k: record[k] for k in SHOWN_FIELDS if k in record}
                     typer.echo(json.dumps(shown, ensure_ascii=False))
                 else:
                     typer.echo(record["rewrite"])
         return
-    _debias_file(debiaser, records, output or str(default_output(input, "debiased")), resume)
+    _debias_file(debiaser, records, output or str(default_output(input, "debiased")), resume, explain)
 
 
-def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: bool) -> None:
+def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: bool, explain: bool) -> None:
     counts: dict[str, int] = {}
     with RecordWriter(output, resume=resume) as writer:
         pending = list(iter_pending(records, writer.done_ids))
@@ -89,6 +105,8 @@ def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: b
             for batch in debiaser.stream(pending):
                 for record in batch:
                     writer.write(record)
+                    if explain and record.get("spans"):
+                        explain_record(record)
                     counts[record["action"]] = counts.get(record["action"], 0) + 1
                 done += len(batch)
                 progress.update(task, advance=len(batch), rate=rate_text(done, time.perf_counter() - start))

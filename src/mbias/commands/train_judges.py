@@ -25,8 +25,12 @@ def train_judges(
         Path, typer.Option(help="Folder of the project's bias pairs (*.jsonl); used if present.")
     ] = DEFAULT_PAIRS,
     output: Annotated[Path, typer.Option(help="Where heads.json and heads.npz go.")] = config.JUDGE_ASSETS,
+    heads: Annotated[
+        str, typer.Option(help="'all', or 'category' to retrain only the harm-category head in OUTPUT.")
+    ] = "all",
 ) -> None:
     """Train the judge heads on frozen all-MiniLM-L6-v2 embeddings, then calibrate them on mbias-test."""
+    from mbias.errors import MbiasError
     from mbias.judges.calibrate import calibrate, gpt_labels
     from mbias.judges.embedding_cache import EmbeddingCache
     from mbias.judges.encoder import ENCODER_NAME
@@ -34,8 +38,16 @@ def train_judges(
     from mbias.judges.train_data import head_pools
     from mbias.judges.train_heads import evaluate, train_head
 
-    pools, dropped = head_pools(data, pairs)
+    if heads not in ("all", "category"):
+        raise MbiasError(f"--heads must be 'all' or 'category', not {heads!r}")
     cache = EmbeddingCache()
+    if heads == "category":
+        shipped = HeadSet.load(output / "heads.json")
+        _train_category(shipped, cache, pairs, data)
+        path = shipped.save(output)
+        console.print(f"wrote {path}")
+        return
+    pools, dropped = head_pools(data, pairs)
     every_text = [e.text for pool in pools.values() for e in pool] + [
         j.text for j in gpt_labels(data / "mbias-test")
     ]
@@ -45,8 +57,8 @@ def train_judges(
     for name, examples in pools.items():
         console.print(f"[bold]{name}[/]: {len(examples)} texts")
         trained[name] = train_head(examples, cache.embed, log=console.print)
-    heads = HeadSet(heads={n: t.head for n, t in trained.items()}, encoder=ENCODER_NAME)
-    calibration = calibrate(heads, data / "mbias-test", cache.embed)
+    headset = HeadSet(heads={n: t.head for n, t in trained.items()}, encoder=ENCODER_NAME)
+    calibration = calibrate(headset, data / "mbias-test", cache.embed)
 
     report: dict[str, Any] = {}
     for name, result in trained.items():
@@ -60,7 +72,7 @@ def train_judges(
             "validation_at_0.5": result.validation,
             "validation_at_threshold": evaluate(result.head, features, valid, result.head.threshold),
         }
-    heads.metadata = {
+    headset.metadata = {
         "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "training": {
             "split": "mbias.splits.is_heldout(text): held-out texts validate, the rest train",
@@ -76,17 +88,38 @@ def train_judges(
         "validation": report,
         "calibration": calibration,
     }
-    path = heads.save(output)
+    _train_category(headset, cache, pairs, data)
+    path = headset.save(output)
     for name in trained:
         valid, cal = report[name]["validation_at_threshold"], calibration[name]
         console.print(
-            f"{name}: {report[name]['model']}, threshold {heads.heads[name].threshold}; validation "
+            f"{name}: {report[name]['model']}, threshold {headset.heads[name].threshold}; validation "
             f"ROC-AUC {valid['all']['roc_auc']} F1 {valid['all']['f1']} acc {valid['all']['accuracy']}; "
             f"vs GPT labels "
             f"ROC-AUC {cal['at_threshold']['roc_auc']} acc {cal['at_threshold']['accuracy']}"
         )
     size = sum(p.stat().st_size for p in output.iterdir() if p.name.startswith("heads."))
     console.print(f"wrote {path} ({size / 1024:.0f} KiB with weights)")
+
+
+def _train_category(headset: Any, cache: Any, pairs: Path, data: Path) -> None:
+    """Fit the harm-category head on the training side, report it on the held-out side, attach it."""
+    import numpy as np
+
+    from mbias.judges.categories import category_examples, category_report, fit_category_head
+
+    examples = category_examples(pairs, data)
+    _embed_with_progress(cache, [e.text for e in examples])
+    train = [e for e in examples if not e.heldout]
+    valid = [e for e in examples if e.heldout]
+    headset.category = fit_category_head(
+        cache.embed([e.text for e in train]), np.array([e.label for e in train])
+    )
+    report = category_report(
+        headset.category, cache.embed([e.text for e in valid]), np.array([e.label for e in valid])
+    )
+    headset.metadata.setdefault("validation", {})["category"] = {"train": len(train), "held_out": report}
+    console.print(f"category: held-out accuracy {report['accuracy']} on {report['n']} texts")
 
 
 def _embed_with_progress(cache: Any, texts: list[str]) -> None:

@@ -19,10 +19,33 @@ class Judge(Protocol):
         """Per pair: meaning retained, cosine similarity in [-1, 1] (1 = same meaning)."""
         ...
 
+    def categorise(self, texts: list[str]) -> list[str | None]:
+        """Per text: the harm it most resembles (one of ``mbias.judges.categories.CATEGORIES``),
+        None where the judge cannot tell. Asked only about texts already judged unsafe."""
+        ...
+
     def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
         """True when any score is at or above ``margin`` times the judge's calibrated threshold
         (a margin below 1 makes a screen that lets fewer unsafe texts through unread)."""
         ...
+
+
+def score_by_sentence(judge: Judge, texts: list[str]) -> list[dict[str, float]]:
+    """Per text, each score's maximum over its sentences (one judge call for all of them).
+
+    A whole-text score averages one biased sentence of an answer away; the Debiaser screens per
+    sentence, and evaluation must see what it sees. A text of one sentence is scored as it is.
+    """
+    from mbias.segment import split_sentences
+
+    pieces = [[s.text for s in split_sentences(t)] for t in texts]
+    pieces = [p if len(p) > 1 else [t] for p, t in zip(pieces, texts)]
+    scores = iter(judge.score([s for p in pieces for s in p]))
+    rows = []
+    for p in pieces:
+        each = [next(scores) for _ in p]
+        rows.append({k: max(score[k] for score in each) for k in each[0]})
+    return rows
 
 
 def load_judge(spec: str = "embedded") -> Judge:

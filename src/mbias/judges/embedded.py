@@ -66,6 +66,12 @@ class EmbeddedJudge:
         left, right = vectors[: len(sources)], vectors[len(sources) :]
         return [float(v) for v in np.clip(np.sum(left * right, axis=1), -1.0, 1.0)]
 
+    def categorise(self, texts: list[str]) -> list[str | None]:
+        """The harm each text most resembles (mbias.judges.categories), None without a category head."""
+        if self.heads.category is None:
+            return [None] * len(texts)
+        return list(self.heads.category.predict_labels(self.embed(list(texts)))) if texts else []
+
     def labels(self, scores: dict[str, float]) -> dict[str, int]:
         """0/1 per head at its calibrated threshold."""
         return {name: int(scores[name] >= threshold) for name, threshold in self.thresholds.items()}

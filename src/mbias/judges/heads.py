@@ -2,8 +2,8 @@
 
 The heads are evaluated with numpy only (no sklearn at inference), so loading the judge costs one
 small file read and the math is easy to test. A head is a stack of affine layers: ReLU between
-them, a sigmoid at the end. Logistic regression is the one-layer case; an input scaler fitted at
-training time is folded into the first layer.
+them, a sigmoid at the end (a softmax over ``labels`` for the category head). Logistic regression
+is the one-layer case; an input scaler fitted at training time is folded into the first layer.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Head:
     layers: list[tuple[np.ndarray, np.ndarray]]
     threshold: float = 0.5
     kind: str = "logreg"
+    labels: list[str] | None = None  # a softmax head's classes, in output order
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
         hidden = np.asarray(embeddings, dtype=np.float32)
@@ -41,6 +42,15 @@ class Head:
         z = np.clip(self.logits(embeddings), -60.0, 60.0)
         return 1.0 / (1.0 + np.exp(-z))
 
+    def predict_index(self, embeddings: np.ndarray) -> np.ndarray:
+        """A softmax head's most likely class per row (argmax of its logits)."""
+        hidden = np.asarray(embeddings, dtype=np.float32)
+        weight, bias = self.layers[0]
+        return np.argmax(hidden @ weight + bias, axis=1)
+
+    def predict_labels(self, embeddings: np.ndarray) -> list[str]:
+        return [self.labels[i] for i in self.predict_index(embeddings)] if self.labels else []
+
 
 @dataclass
 class HeadSet:
@@ -49,19 +59,30 @@ class HeadSet:
     heads: dict[str, Head]
     encoder: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    category: Head | None = None  # which harm a flagged text does (mbias.judges.categories)
 
     def save(self, directory: Path) -> Path:
         """Write ``heads.json`` (thresholds, metadata, metrics) and ``heads.npz`` (weights)."""
         directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         described = {}
-        for name, head in self.heads.items():
+        named = {**self.heads, **({"category": self.category} if self.category else {})}
+        for name, head in named.items():
             for index, (weight, bias) in enumerate(head.layers):
                 arrays[f"{name}.W{index}"] = weight.astype(np.float32)
                 arrays[f"{name}.b{index}"] = bias.astype(np.float32)
             described[name] = {"kind": head.kind, "n_layers": len(head.layers), "threshold": head.threshold}
+            if head.labels:
+                described[name]["labels"] = head.labels
         np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
-        document = {"encoder": self.encoder, "weights": WEIGHTS_FILE, "heads": described, **self.metadata}
+        category = {"category": described.pop("category")} if self.category else {}
+        document = {
+            "encoder": self.encoder,
+            "weights": WEIGHTS_FILE,
+            "heads": described,
+            **category,
+            **self.metadata,
+        }
         path = directory / "heads.json"
         path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         return path
@@ -73,13 +94,23 @@ class HeadSet:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
             weights = np.load(path.parent / document.get("weights", WEIGHTS_FILE))
+            named = {
+                **document["heads"],
+                **({"category": document["category"]} if "category" in document else {}),
+            }
             heads = {}
-            for name, spec in document["heads"].items():
+            for name, spec in named.items():
                 layers = [
                     (weights[f"{name}.W{i}"], weights[f"{name}.b{i}"]) for i in range(int(spec["n_layers"]))
                 ]
-                heads[name] = Head(layers=layers, threshold=float(spec["threshold"]), kind=spec["kind"])
+                heads[name] = Head(
+                    layers=layers,
+                    threshold=float(spec["threshold"]),
+                    kind=spec["kind"],
+                    labels=spec.get("labels"),
+                )
         except (OSError, KeyError, ValueError) as exc:
             raise MbiasError(f"{path}: unreadable judge heads ({exc}); re-run 'mbias train-judges'") from None
-        metadata = {k: v for k, v in document.items() if k not in ("encoder", "weights", "heads")}
-        return cls(heads=heads, encoder=document["encoder"], metadata=metadata)
+        metadata = {k: v for k, v in document.items() if k not in ("encoder", "weights", "heads", "category")}
+        category = heads.pop("category", None)
+        return cls(heads=heads, encoder=document["encoder"], metadata=metadata, category=category)

@@ -269,6 +269,13 @@ class LLMJudge:
         left, right = encode(list(sources)), encode(list(outputs))
         return [float(max(-1.0, min(1.0, (a * b).sum()))) for a, b in zip(left, right)]
 
+    def categorise(self, texts: list[str]) -> list[str | None]:
+        """The harm category from the embedded category head, like ``similarity``: one encoder
+        pass, no model calls."""
+        from mbias.judges.embedded import EmbeddedJudge
+
+        return EmbeddedJudge().categorise(texts)
+
     def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
         """Unsafe at or above ``margin`` x the threshold, and when a score is missing: unknown is
         not safe."""

@@ -96,7 +96,7 @@ def create_app(
         records = await batcher.submit([{"id": str(i), "text": t} for i, t in enumerate(texts)])
         for choice, record in zip(choices, records):
             choice["message"]["content"] = record["rewrite"]
-            choice["mbias"] = {k: record[k] for k in ("action", "reason") if k in record}
+            choice["mbias"] = {k: record[k] for k in ("action", "reason", "spans") if k in record}
         return answer
 
     return app

@@ -1,0 +1,368 @@
+"""LLM answers with biased sentences spliced in at known offsets: does mbias change those, and nothing else?
+
+The answers are the project's own neutral, markdown-rich answers (benchmarks/data/answers: headings,
+lists, code, tables, inline code, URLs, abbreviations), each with its gold sentences. Each answer
+is used three times: clean, with one and with two biased sentences from held-out rows of the bias
+set (mbias.splits.is_heldout: no adapter or judge head trained on them), inserted as sentences of
+a paragraph or list item.
+
+    python benchmarks/long_answers.py segmenters                 # boundary F1 and speed per segmenter
+    python benchmarks/long_answers.py run --out runs/long        # the figures (whole-text mode on a subset)
+    python benchmarks/long_answers.py run --out runs/long --read 60   # + a blind sheet (human_read.py)
+
+``run`` prints: biased sentences changed, biased sentences still unsafe by the judge, clean
+sentences byte-identical, clean answers unchanged, code blocks and list markers intact, and
+seconds per answer against whole-text mode (``--granularity text``) on the same answers, in the
+same run. ``--read N`` writes N changed-or-not biased sentences beside the people-written rewrites
+of the same rows, shuffled and unlabelled, in human_read.py's sheet format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+HERE = Path(__file__).resolve().parent
+ANSWERS = HERE / "data" / "answers"
+BIAS_SET = HERE.parent / "data" / "bias"
+
+
+@dataclass
+class Answer:
+    id: str
+    markdown: str
+    sentences: list[tuple[int, int]]  # gold prose sentences
+    biased: list[tuple[int, int]] = field(default_factory=list)  # the spliced-in ones, by offsets
+    biased_rows: list[dict] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)  # fenced blocks and tables, verbatim
+    markers: int = 0  # list markers in the answer
+
+
+def _table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def render(answer: dict, inserted: dict[tuple[int, int, int], dict] | None = None) -> Answer:
+    """Markdown for one answer's blocks and the offsets of its gold sentences. ``inserted`` maps
+    (block, item, position) to a bias-set row whose sentence goes in at that place."""
+    inserted = inserted or {}
+    parts: list[str] = []
+    out = Answer(answer["id"], "", [])
+    cursor = 0
+
+    def emit(text: str) -> int:
+        nonlocal cursor
+        parts.append(text)
+        start, cursor = cursor, cursor + len(text)
+        return start
+
+    def sentences(block: int, item: int, items: list[str]) -> None:
+        items = list(items)
+        for position in sorted(((p for b, i, p in inserted if (b, i) == (block, item))), reverse=True):
+            items.insert(position, None)  # placeholder for the biased sentence
+        for k, sentence in enumerate(items):
+            if k:
+                emit(" ")
+            row = None
+            if sentence is None:
+                position = k - sum(1 for s in items[:k] if s is None)
+                row = inserted[(block, item, position)]
+                sentence = biased_sentence(row["biased_text"])
+            start = emit(sentence)
+            out.sentences.append((start, start + len(sentence)))
+            if row is not None:
+                out.biased.append((start, start + len(sentence)))
+                out.biased_rows.append(row)
+
+    for b, block in enumerate(answer["blocks"]):
+        if b:
+            emit("\n\n")
+        kind = block["type"]
+        if kind == "heading":
+            emit("## ")
+            start = emit(block["text"])
+            out.sentences.append((start, start + len(block["text"])))
+        elif kind == "paragraph":
+            sentences(b, 0, block["sentences"])
+        elif kind == "list":
+            for i, item in enumerate(block["items"]):
+                if i:
+                    emit("\n")
+                emit(f"{i + 1}. " if block.get("ordered") else "- ")
+                out.markers += 1
+                sentences(b, i, item)
+        elif kind == "code":
+            fenced = f"```{block.get('lang', '')}\n{block['code']}\n```"
+            emit(fenced)
+            out.code.append(fenced)
+        elif kind == "table":
+            out.code.append(_table(block["rows"]))
+            emit(out.code[-1])
+    emit("\n")
+    out.markdown = "".join(parts)
+    return out
+
+
+def biased_sentence(text: str) -> str:
+    """A bias-set row as a sentence of an answer: capitalised, ending in punctuation."""
+    text = " ".join(text.split())
+    text = text[0].upper() + text[1:]
+    return text if re.search(r"[.!?]['\")]*$", text) else text + "."
+
+
+def load_answers() -> list[dict]:
+    rows = []
+    for path in sorted(ANSWERS.glob("*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows
+
+
+def heldout_biased_rows() -> list[dict]:
+    from mbias.splits import is_heldout
+
+    rows = []
+    for path in sorted(BIAS_SET.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if (
+                row["action"] == "rewrite"
+                and is_heldout(row["biased_text"])
+                and "\n" not in row["biased_text"]
+            ):
+                rows.append(row)
+    return rows
+
+
+def build(seed: int = 0) -> list[Answer]:
+    """Each neutral answer clean, with one, and with two biased sentences at random prose places."""
+    rng = random.Random(seed)
+    pool = heldout_biased_rows()
+    rng.shuffle(pool)
+    built = []
+    for answer in load_answers():
+        places = [
+            (b, i, p)
+            for b, block in enumerate(answer["blocks"])
+            for i, item in enumerate(
+                [block["sentences"]] if block["type"] == "paragraph" else block.get("items", [])
+            )
+            if block["type"] in ("paragraph", "list")
+            for p in range(len(item) + 1)
+        ]
+        built.append(render(answer))
+        for count in (1, 2):
+            chosen = rng.sample(places, count)
+            if count == 2 and chosen[0][:2] == chosen[1][:2]:
+                chosen = chosen[:1] + [p for p in places if p[:2] != chosen[0][:2]][:1]
+            inserted = {place: pool.pop() for place in chosen}
+            made = render(answer, inserted)
+            made.id = f"{answer['id']}+{count}"
+            built.append(made)
+    return built
+
+
+# -- segmenters ---------------------------------------------------------------------------------
+def _pysbd(text: str) -> list[tuple[int, int]]:
+    import pysbd
+
+    segmenter = pysbd.Segmenter(language="en", clean=False, char_span=True)
+    return [(s.start, s.start + len(s.sent.rstrip())) for s in segmenter.segment(text) if s.sent.strip()]
+
+
+def segmenters(args: argparse.Namespace) -> None:
+    """Exact-boundary precision, recall and F1 against the gold sentences, and sentences/s."""
+    import mbias.segment as segment
+
+    answers = [render(a) for a in load_answers()]
+    candidates = {"blingfire": segment._split}
+    try:
+        import pysbd  # noqa: F401
+
+        candidates["pysbd"] = _pysbd
+    except ImportError:
+        print("pysbd not installed: pip install pysbd to compare it")
+    print(f"{len(answers)} answers, {sum(len(a.sentences) for a in answers)} gold sentences")
+    for name, split in candidates.items():
+        segment._split = split
+        segment.split_sentences(answers[0].markdown)  # warm-up (imports)
+        start = time.perf_counter()
+        found = [segment.split_sentences(a.markdown) for a in answers]
+        seconds = time.perf_counter() - start
+        hits = sum(len({(s.start, s.end) for s in f} & set(a.sentences)) for f, a in zip(found, answers))
+        predicted, gold = sum(len(f) for f in found), sum(len(a.sentences) for a in answers)
+        precision, recall = hits / predicted, hits / gold
+        print(
+            f"{name:>10}: precision {precision:.3f} recall {recall:.3f} F1 "
+            f"{2 * precision * recall / (precision + recall):.3f}; {gold / seconds:,.0f} sentences/s"
+        )
+        if args.show:
+            for f, a in zip(found, answers):
+                wrong = {(s.start, s.end) for s in f} - set(a.sentences)
+                for s, e in sorted(wrong)[: args.show]:
+                    print(f"   {a.id}: {a.markdown[s:e]!r}")
+    segment._split = candidates["blingfire"]
+
+
+# -- the run ------------------------------------------------------------------------------------
+def changed_ranges(record: dict) -> list[tuple[int, int]]:
+    return [(s["start"], s["end"]) for s in record.get("spans", []) if s["rewrite"] != s["original"]]
+
+
+def overlaps(a: tuple[int, int], ranges: list[tuple[int, int]]) -> bool:
+    return any(a[0] < e and s < a[1] for s, e in ranges)
+
+
+def timed(debiaser, answers: list[Answer]) -> tuple[list[dict], float]:
+    start = time.perf_counter()
+    records = debiaser.debias([{"id": a.id, "text": a.markdown} for a in answers])
+    return records, time.perf_counter() - start
+
+
+def score_sentence_mode(answers: list[Answer], records: list[dict], judge) -> dict[str, float]:
+    biased = changed = still = clean = identical = 0
+    clean_answers = unchanged = code_ok = code_total = markers_ok = 0
+    for answer, record in zip(answers, records):
+        ranges = changed_ranges(record)
+        spans = {(s["start"], s["end"]): s for s in record.get("spans", [])}
+        for sentence in answer.sentences:
+            if sentence in answer.biased:
+                biased += 1
+                span = spans.get(sentence)
+                was_changed = span is not None and span["rewrite"] != span["original"]
+                changed += was_changed
+                after = span["rewrite"] if was_changed else answer.markdown[sentence[0] : sentence[1]]
+                still += judge.is_unsafe(judge.score([after])[0])
+            else:
+                clean += 1
+                identical += not overlaps(sentence, ranges)
+        if not answer.biased:
+            clean_answers += 1
+            unchanged += record["rewrite"] == answer.markdown
+        code_total += len(answer.code)
+        code_ok += sum(block in record["rewrite"] for block in answer.code)
+        markers_ok += len(re.findall(r"(?m)^(?:- |\d+\. )", record["rewrite"])) == answer.markers
+    return {
+        "biased sentences": biased,
+        "biased sentences changed %": 100 * changed / max(biased, 1),
+        "biased sentences still unsafe (judge) %": 100 * still / max(biased, 1),
+        "clean sentences": clean,
+        "clean sentences byte-identical %": 100 * identical / max(clean, 1),
+        "clean answers": clean_answers,
+        "clean answers unchanged %": 100 * unchanged / max(clean_answers, 1),
+        "code blocks and tables intact %": 100 * code_ok / max(code_total, 1),
+        "answers with every list marker intact %": 100 * markers_ok / len(answers),
+    }
+
+
+def score_text_mode(answers: list[Answer], records: list[dict]) -> dict[str, float]:
+    """Whole-text mode has no spans: a biased sentence counts as changed when its text is gone."""
+    biased = gone = lost = 0
+    for answer, record in zip(answers, records):
+        for s, e in answer.biased:
+            biased += 1
+            gone += answer.markdown[s:e] not in record["rewrite"]
+        lost += len(record["rewrite"]) < 0.5 * len(answer.markdown)
+    return {
+        "biased sentences changed %": 100 * gone / max(biased, 1),
+        "answers that lost over half their text %": 100 * lost / len(answers),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.judges import load_judge
+
+    answers = build(args.seed)
+    if args.limit:
+        answers = answers[: args.limit]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    judge = load_judge("embedded")
+    judge.score(["warm-up"])
+    sentence = Debiaser(args.engine, judge=judge, settings=DebiasSettings(granularity="sentence"))
+    whole = Debiaser(sentence.engine, judge=judge, settings=DebiasSettings(granularity="text"))
+    print(
+        f"{len(answers)} answers ({sum(not a.biased for a in answers)} clean), engine {sentence.engine.name}"
+    )
+
+    records, seconds = timed(sentence, answers)
+    with (out / "sentence.jsonl").open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    figures = score_sentence_mode(answers, records, judge)
+    figures["seconds per answer, all"] = seconds / len(answers)
+
+    rng = random.Random(args.seed)
+    subset = rng.sample([a for a in answers if not a.biased], min(args.baseline, len(answers))) + rng.sample(
+        [a for a in answers if a.biased], min(args.baseline, len(answers))
+    )
+    timing = {}
+    for label, group in (("clean", subset[: args.baseline]), ("biased", subset[args.baseline :])):
+        _, t_sentence = timed(sentence, group)
+        text_records, t_text = timed(whole, group)
+        timing[label] = (t_sentence / len(group), t_text / len(group))
+        if label == "biased":
+            baseline = score_text_mode(group, text_records)
+    figures.update(
+        {
+            f"seconds per {label} answer, sentence mode / text mode": f"{s:.2f} / {t:.2f} ({t / s:.1f}x)"
+            for label, (s, t) in timing.items()
+        }
+    )
+    figures.update({f"text mode: {k}": v for k, v in baseline.items()})
+    for key, value in figures.items():
+        print(f"{key:>58}: {value:.1f}" if isinstance(value, float) else f"{key:>58}: {value}")
+    (out / "figures.json").write_text(json.dumps(figures, indent=1))
+    if args.read:
+        write_sheet(answers, records, args.read, args.seed, out / "long-answers-read.jsonl")
+
+
+def write_sheet(answers: list[Answer], records: list[dict], n: int, seed: int, path: Path) -> None:
+    """A blind sheet: for N biased sentences, what the answer now holds there, and the people-written
+    rewrite of the same row, shuffled (human_read.py's format; its ``tally`` un-blinds it)."""
+    from human_read import REFERENCE, write_rows
+
+    items = []
+    for answer, record in zip(answers, records):
+        spans = {(s["start"], s["end"]): s for s in record.get("spans", [])}
+        for place, row in zip(answer.biased, answer.biased_rows):
+            original = answer.markdown[place[0] : place[1]]
+            span = spans.get(place)
+            items.append(
+                (original, span["rewrite"] if span else original, biased_sentence(row["debiased_text"]))
+            )
+    picked = random.Random(seed).sample(items, min(n, len(items)))
+    rows: dict[tuple[str, str], list[str]] = {}
+    for original, output, reference in picked:
+        rows.setdefault((original, output), []).append("sentence-path")
+        rows.setdefault((original, reference), []).append(REFERENCE)
+    write_rows(rows, path, split="long-answers", n=len(picked), seed=seed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    seg = commands.add_parser("segmenters", help="sentence-boundary F1 and speed per segmenter")
+    seg.add_argument("--show", type=int, default=0, help="print up to N wrong sentences per answer")
+    go = commands.add_parser("run", help="the benchmark figures")
+    go.add_argument("--engine", default="mbias-270m")
+    go.add_argument("--seed", type=int, default=0)
+    go.add_argument("--limit", type=int, default=0, help="only the first N answers (0: all)")
+    go.add_argument("--baseline", type=int, default=20, help="clean and biased answers timed in both modes")
+    go.add_argument("--read", type=int, default=0, help="write a blind sheet of N biased sentences")
+    go.add_argument("--out", required=True)
+    args = parser.parse_args()
+    segmenters(args) if args.command == "segmenters" else run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Test doubles for the Debiaser: a scripted engine and a word-list judge, so the path's logic
+(screen, choose, splice) is what a test exercises, not a model."""
+
+from __future__ import annotations
+
+
+class ScriptedEngine:
+    """Returns fixed completions: the choose step is what is under test, not a model."""
+
+    name = "scripted"
+    tokenizer = None
+    context_window = 100
+
+    def __init__(self, outputs):
+        self.outputs = outputs
+        self.calls = []
+
+    def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
+        self.calls.append(prompts)
+        return [self.outputs[:n] for _ in prompts]
+
+
+class FixedJudge:
+    def __init__(self, unsafe_words=("idiot",)):
+        self.unsafe_words = unsafe_words
+
+    def score(self, texts):
+        return [{"toxicity": float(any(w in t for w in self.unsafe_words)), "bias": 0.0} for t in texts]
+
+    def similarity(self, sources, outputs):
+        return [
+            len(set(s.split()) & set(o.split())) / max(1, len(set(s.split())))
+            for s, o in zip(sources, outputs)
+        ]
+
+    def is_unsafe(self, scores, margin=1.0):
+        return scores["toxicity"] >= 0.5 * margin

@@ -1,0 +1,184 @@
+"""The sentence-level path: segmentation with exact offsets, screening per sentence, splicing, spans."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mbias.intervene import Debiaser, DebiasSettings, fit_to_sentence
+from mbias.segment import context_of, splice, split_sentences
+from tests.doubles import FixedJudge, ScriptedEngine
+
+ANSWER = """## Hiring tips
+
+Dr. Smith runs the U.S. office, e.g. the team in Austin. Write a clear job ad. Older staff are idiots with
+new tools, so hire someone young. Interview every candidate with the same questions!
+
+1. Use `pip install rubric` for scoring, i.e. a shared sheet.
+2. Read https://example.org/guide.html before you start
+- Keep notes short
+
+```python
+def score(candidate):
+    return candidate.idiot_score  # an idiot in code is never touched
+```
+
+| Step | Owner |
+| --- | --- |
+| Screen idiot CVs | HR |
+
+> Hiring well takes time.
+"""
+
+
+def texts(answer: str) -> list[str]:
+    return [s.text for s in split_sentences(answer)]
+
+
+def test_offsets_are_exact_and_markdown_stays_out():
+    sentences = split_sentences(ANSWER)
+    for s in sentences:
+        assert ANSWER[s.start : s.end] == s.text
+    assert texts(ANSWER) == [
+        "Hiring tips",
+        "Dr. Smith runs the U.S. office, e.g. the team in Austin.",
+        "Write a clear job ad.",
+        "Older staff are idiots with\nnew tools, so hire someone young.",
+        "Interview every candidate with the same questions!",
+        "Use `pip install rubric` for scoring, i.e. a shared sheet.",
+        "Read https://example.org/guide.html before you start",
+        "Keep notes short",
+        "Hiring well takes time.",
+    ]
+    protected = {s.text: s.rewritable for s in sentences}
+    assert protected["Use `pip install rubric` for scoring, i.e. a shared sheet."] is False
+    assert protected["Read https://example.org/guide.html before you start"] is False
+    assert protected["Write a clear job ad."] is True
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("No final punctuation here", ["No final punctuation here"]),
+        ('She said "it works." Then she left.', ['She said "it works."', "Then she left."]),
+        ("Version 3.11 is out. It costs $4.50 a month.", ["Version 3.11 is out.", "It costs $4.50 a month."]),
+        ("First paragraph.\n\nSecond one.\n", ["First paragraph.", "Second one."]),
+        ("   \n\n", []),
+        ("```\nonly code. here.\n```", []),
+    ],
+)
+def test_sentence_boundaries(answer, expected):
+    assert texts(answer) == expected
+
+
+def test_splice_keeps_everything_else_byte_identical():
+    answer = "A b.\n\n- C d.\n- E f.\n"
+    sentences = split_sentences(answer)
+    out = splice(answer, {(sentences[1].start, sentences[1].end): "Changed."})
+    assert out == "A b.\n\n- Changed.\n- E f.\n"
+    with pytest.raises(ValueError):
+        splice(answer, {(0, 3): "x", (2, 4): "y"})
+
+
+def test_context_is_the_neighbouring_sentences():
+    sentences = split_sentences("It rained all day. We stayed inside. Then we left.")
+    assert context_of(sentences, 1) == ("It rained all day.", "Then we left.")
+    assert context_of(sentences, 0) == ("", "We stayed inside.")
+
+
+def test_fit_to_sentence_restores_case_punctuation_and_one_line():
+    assert fit_to_sentence("Old people are slow.", "some people need time") == "Some people need time."
+    assert fit_to_sentence("why not?", "why\n not") == "why not?"
+    assert fit_to_sentence('He said "go."', "He said go.") == "He said go."
+
+
+def test_only_the_flagged_sentence_changes():
+    engine = ScriptedEngine(["Older staff are quick with new tools, so hire someone skilled"])
+    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias")
+    [record] = debiaser.debias([ANSWER])
+    flagged = "Older staff are idiots with\nnew tools, so hire someone young."
+    assert record["rewrite"] == ANSWER.replace(
+        flagged, "Older staff are quick with new tools, so hire someone skilled."
+    )
+    assert record["action"] == "rewritten"
+    assert len(engine.calls) == 1 and len(engine.calls[0]) == 1  # one sentence went to the model
+    assert "Text: " + flagged in engine.calls[0][0]
+    [span] = record["spans"]
+    assert ANSWER[span["start"] : span["end"]] == flagged
+    assert record["rewrite"][span["output_start"] : span["output_end"]] == span["rewrite"]
+    assert span["action"] == "rewritten"
+    assert span["before"]["toxicity"] == 1.0 and span["after"]["toxicity"] == 0.0
+    json.dumps(record)
+
+
+def test_code_and_tables_are_never_screened_and_protected_sentences_are_flagged_not_rewritten():
+    engine = ScriptedEngine(["calm"])
+    answer = "Run `rm idiot` now.\n\n```\nidiot()\n```\n\n| a |\n| - |\n| idiot |\n"
+    [record] = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias").debias([answer])
+    assert engine.calls == []
+    assert record["rewrite"] == answer and record["action"] == "flagged"
+    assert [s["original"] for s in record["spans"]] == ["Run `rm idiot` now."]
+    assert record["spans"][0]["reason"].startswith("holds code")
+
+
+def test_clean_answer_is_kept_byte_identical_and_only_the_judge_runs():
+    engine = ScriptedEngine(["never used"])
+    answer = ANSWER.replace("idiots", "keen").replace("idiot", "x")
+    [record] = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias").debias([answer])
+    assert record["rewrite"] == answer and record["action"] == "kept" and record["spans"] == []
+    assert record["reason"] == "input judged clean" and engine.calls == []
+
+
+def test_all_sentences_of_a_batch_are_screened_in_one_call_and_rewritten_in_one():
+    class CountingJudge(FixedJudge):
+        calls = 0
+
+        def score(self, texts):
+            CountingJudge.calls += 1
+            return super().score(texts)
+
+    engine = ScriptedEngine(["Fine."])
+    judge = CountingJudge()
+    answers = ["You idiot. Fine day.", "A calm one. Another idiot here.", "Nothing to see."]
+    records = Debiaser(engine, judge=judge, prompt_style="mbias").debias(answers)
+    assert len(engine.calls) == 1 and len(engine.calls[0]) == 2
+    assert CountingJudge.calls == 2  # screen (every sentence) + verify (both candidates)
+    assert [r["rewrite"] for r in records] == ["Fine. Fine day.", "A calm one. Fine.", "Nothing to see."]
+
+
+def test_granularity_text_rewrites_the_whole_text_as_before():
+    engine = ScriptedEngine(["All calm."])
+    settings = DebiasSettings(granularity="text")
+    [record] = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias", settings=settings).debias(
+        ["You idiot. Fine day."]
+    )
+    assert record["rewrite"] == "All calm." and "Text: You idiot. Fine day." in engine.calls[0][0]
+
+
+def test_context_goes_into_the_prompt_when_asked():
+    engine = ScriptedEngine(["Fine."])
+    settings = DebiasSettings(context=True)
+    Debiaser(engine, judge=FixedJudge(), prompt_style="mbias", settings=settings).debias(
+        ["It rained. You idiot. We left."]
+    )
+    prompt = engine.calls[0][0]
+    assert "Before: It rained.\nAfter: We left.\nText: You idiot.\nDebiased text:" in prompt
+
+
+def test_flagged_sentence_keeps_best_candidate_and_flags_the_record():
+    engine = ScriptedEngine(["still an idiot"])
+    [record] = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias").debias(["Good. You idiot."])
+    assert record["action"] == "flagged" and record["reason"] == "no candidate judged safe"
+    assert record["rewrite"] == "Good. Still an idiot."
+    assert record["spans"][0]["action"] == "flagged"
+
+
+def test_categories_come_from_the_judge():
+    class CategoryJudge(FixedJudge):
+        def categorise(self, texts):
+            return ["insult or profanity" for _ in texts]
+
+    engine = ScriptedEngine(["Calm."])
+    [record] = Debiaser(engine, judge=CategoryJudge(), prompt_style="mbias").debias(["Hi. You idiot."])
+    assert record["spans"][0]["category"] == "insult or profanity"
