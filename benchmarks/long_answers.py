@@ -249,7 +249,10 @@ def score_sentence_mode(answers: list[Answer], records: list[dict], judge) -> di
             unchanged += record["rewrite"] == answer.markdown
         code_total += len(answer.code)
         code_ok += sum(block in record["rewrite"] for block in answer.code)
-        markers_ok += len(re.findall(r"(?m)^(?:- |\d+\. )", record["rewrite"])) == answer.markers
+        prose = record["rewrite"]
+        for block in answer.code:  # code may hold lines that look like list items
+            prose = prose.replace(block, "")
+        markers_ok += len(re.findall(r"(?m)^(?:- |\d+\. )", prose)) == answer.markers
     return {
         "biased sentences": biased,
         "biased sentences changed %": 100 * changed / max(biased, 1),

@@ -182,3 +182,13 @@ def test_categories_come_from_the_judge():
     engine = ScriptedEngine(["Calm."])
     [record] = Debiaser(engine, judge=CategoryJudge(), prompt_style="mbias").debias(["Hi. You idiot."])
     assert record["spans"][0]["category"] == "insult or profanity"
+
+
+def test_debiaser_screens_by_default_and_none_turns_the_judge_off(monkeypatch):
+    from mbias.judges.embedded import EmbeddedJudge
+
+    monkeypatch.delenv("MBIAS_JUDGE")
+    assert isinstance(Debiaser(ScriptedEngine(["x"])).judge, EmbeddedJudge)
+    assert Debiaser(ScriptedEngine(["x"]), judge="none").judge is None
+    monkeypatch.setenv("MBIAS_JUDGE", "none")
+    assert Debiaser(ScriptedEngine(["x"])).judge is None

@@ -504,3 +504,28 @@ def test_cli_method_and_init_adapter_reach_the_config(pairs_file, tmp_path):
     no_adapter = _cli("train", *args)
     assert no_adapter.returncode == 2 and "init_adapter=nowhere: no adapter_config.json" in no_adapter.stderr
     assert not (tmp_path / "c").exists()  # nothing half-written that a retry would trip over
+
+
+def test_context_pairs_reach_the_prompt_and_the_adapter_records_it(tiny_model_dir, tmp_path):
+    """Pairs from longer answers train on the prompt the Debiaser sends for a sentence of an answer,
+    and the adapter says so, so that prompt is the one it gets wherever it is used."""
+    from mbias import config as settings
+    from mbias.train.sft import to_examples, train
+
+    pairs = _kept_pairs(8)
+    rows = [{"biased_text": s, "debiased_text": t} for s, t in pairs[:4]]
+    rows += [
+        {"biased_text": s, "debiased_text": t, "context_before": "We met at noon.", "context_after": ""}
+        for s, t in pairs[4:]
+    ]
+    data = load_training_data(
+        [str(_write_jsonl(tmp_path / "ctx.jsonl", rows))], _config(tiny_model_dir, "val_fraction=0")
+    )
+    prompts = {e["prompt"] for e in to_examples(data.train, "mbias")}
+    assert sum("Before: We met at noon.\nText: " in p for p in prompts) == 4
+    assert sum("Before:" not in p for p in prompts) == 4
+    output = tmp_path / "run"
+    train(_config(tiny_model_dir, "max_steps=1", "val_fraction=0"), [str(tmp_path / "ctx.jsonl")], output)
+    assert json.loads((output / "train_config.json").read_text())["context"] is True
+    entry = settings.resolve(f"hf:{tiny_model_dir}+adapter:{output}")
+    assert (entry.prompt_style, entry.context) == ("mbias", True)

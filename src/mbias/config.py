@@ -8,6 +8,7 @@ training prompt differed from its inference prompt.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,15 +53,27 @@ class ModelEntry:
     context: bool = False
 
 
+def adapter_prompt(adapter: str | Path) -> tuple[str, bool] | None:
+    """(prompt style, context) an adapter was trained with, from its train_config.json; None
+    when the directory has none. An adapter is used with the prompt it learned, wherever it is."""
+    path = Path(adapter) / "train_config.json"
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    return str(recorded.get("prompt_style") or "mbias"), bool(recorded.get("context", False))
+
+
 def _embedded_entry() -> ModelEntry:
     """llama.cpp when it is installed (about 3x transformers on CPU; the adapter is converted to a
     GGUF LoRA once and cached), transformers otherwise."""
     engine = "llamacpp" if importlib.util.find_spec("llama_cpp") is not None else "hf"
     if (DEFAULT_ADAPTER / "adapter_config.json").exists():
+        style, context = adapter_prompt(DEFAULT_ADAPTER) or ("mbias", False)
         return ModelEntry(
             spec=gguf_spec(engine, adapter=DEFAULT_ADAPTER),
-            prompt_style="mbias",
+            prompt_style=style,
             description="gemma-3-270m with the project's MBIAS LoRA adapter (embedded default)",
+            context=context,
         )
     return ModelEntry(
         spec=gguf_spec(engine),
@@ -92,11 +105,16 @@ def registry() -> dict[str, ModelEntry]:
 
 
 def resolve(name_or_spec: str) -> ModelEntry:
-    """Expand a short name; a full spec passes through with the "auto" prompt style (chat template
-    when the model has one, the plain MBIAS format otherwise)."""
+    """Expand a short name. A full spec with an adapter takes the prompt its adapter was trained
+    with; any other passes through with the "auto" style (chat template when the model has one,
+    the plain MBIAS format otherwise)."""
     entries = registry()
     if name_or_spec in entries:
         return entries[name_or_spec]
+    for join in ("+adapter:", "+lora:"):
+        if join in name_or_spec and (trained := adapter_prompt(name_or_spec.split(join, 1)[1])):
+            style, context = trained
+            return ModelEntry(name_or_spec, style, "user-supplied engine with a trained adapter", context)
     return ModelEntry(spec=name_or_spec, prompt_style="auto", description="user-supplied engine spec")
 
 

@@ -112,8 +112,8 @@ class Debiaser:
             engine if engine is not None and not isinstance(engine, str) else load_engine(entry.spec)
         )
         self.prompt_style = prompt_style or entry.prompt_style
-        if judge == "default":
-            judge = config.default_judge()
+        if isinstance(judge, str):  # "default" (MBIAS_JUDGE, else embedded), "none", or a spec
+            judge = config.default_judge("" if judge == "default" else judge)
         self.judge: Judge | None = load_judge(judge) if isinstance(judge, str) else judge
         self.settings = settings or DebiasSettings()
         if self.settings.granularity not in GRANULARITIES:

@@ -14,7 +14,8 @@ from typing import Any
 
 from mbias.errors import MbiasError
 
-MBIAS_TEST_SET = "/work/shared/data/mbias-test/train-500-biased-evaluation.csv"
+# The paper's test inputs, in the data folder (mbias.config.data_dir()); "default" finds them there.
+MBIAS_TEST_SET = "default"
 
 
 @dataclass
@@ -64,6 +65,14 @@ class TrainConfig:
     val_fraction: float = 0.05
     val_max: int = 160
     exclude_test_set: str = MBIAS_TEST_SET  # sources found here are dropped ("" turns the check off)
+
+    def test_set_path(self) -> str:
+        """The file whose sources never train: ``exclude_test_set``, with "default" resolved."""
+        if self.exclude_test_set != MBIAS_TEST_SET:
+            return self.exclude_test_set
+        from mbias.config import data_dir
+
+        return str(data_dir() / "mbias-test" / "train-500-biased-evaluation.csv")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

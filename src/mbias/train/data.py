@@ -25,6 +25,9 @@ from mbias.splits import is_heldout, normalise
 PAPER_COLUMNS = ("biased_text", "debiased_text")
 PARADETOX_REFERENCES = ("neutral1", "neutral2", "neutral3")
 CARD_FIELDS = ("group", "dimension", "action")  # counted in the data card when a source has them
+# A pair from a longer answer may carry the sentences around it; the prompt then shows them
+# (mbias.prompts.render's ``context``), as the Debiaser does for a sentence of an answer.
+CONTEXT_FIELDS = ("context_before", "context_after")
 REJECTED = "rejected_text"  # preference data: what the model wrote instead of debiased_text
 NEEDS = (
     "training pairs need columns biased_text and debiased_text, ParaDetox's toxic and neutral1-3, "
@@ -106,6 +109,12 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def pair_context(pair: Pair) -> tuple[str, str] | None:
+    """The (before, after) sentences a pair carries, or None for a lone sentence."""
+    before, after = (pair.get(c, "") for c in CONTEXT_FIELDS)
+    return (before, after) if before or after else None
+
+
 def _pairs_of(
     ref: str, rows: list[dict[str, Any]], mapping: dict[str, str] | None, references: str
 ) -> list[Pair]:
@@ -116,6 +125,7 @@ def _pairs_of(
     def pair(src: Any, tgt: Any, row: dict[str, Any], **more: Any) -> Pair:
         out = {"biased_text": _text(src), "debiased_text": _text(tgt), "data_source": ref, **more}
         out.update({c: row[c] for c in extras if row.get(c) is not None})
+        out.update({c: _text(row[c]) for c in CONTEXT_FIELDS if _text(row.get(c))})
         if REJECTED in columns:
             out[REJECTED] = _text(row.get(REJECTED))
         return out
@@ -195,7 +205,7 @@ def load_training_data(specs: list[str], config: Any, mapping: dict[str, str] | 
     """Read, filter, cap, split and mix every ``--data`` source; raises MbiasError on bad data."""
     if not specs:
         raise MbiasError("give at least one --data source")
-    test_path = config.exclude_test_set
+    test_path = config.test_set_path()
     test = _test_sources(test_path) if test_path and Path(test_path).exists() else frozenset()
     rng = random.Random(config.seed)
     seen: set[tuple[str, str]] = set()

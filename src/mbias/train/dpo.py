@@ -15,15 +15,15 @@ from typing import Any
 
 from mbias.prompts import training_text
 from mbias.train.config import TrainConfig
-from mbias.train.data import REJECTED, Pair
+from mbias.train.data import REJECTED, Pair, pair_context
 
 
 def to_preference_examples(pairs: list[Pair], style: str) -> list[dict[str, str]]:
     """TRL prompt / chosen / rejected rows, rendered like the SFT examples."""
     rows = []
     for p in pairs:
-        prompt, chosen = training_text(p["biased_text"], p["debiased_text"], style)
-        _, rejected = training_text(p["biased_text"], p[REJECTED], style)
+        prompt, chosen = training_text(p["biased_text"], p["debiased_text"], style, pair_context(p))
+        _, rejected = training_text(p["biased_text"], p[REJECTED], style, pair_context(p))
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     return rows
 

@@ -17,7 +17,7 @@ from typing import Any
 from mbias.errors import MbiasError
 from mbias.prompts import training_text
 from mbias.train.config import TrainConfig
-from mbias.train.data import Pair, TrainingData, write_card
+from mbias.train.data import Pair, TrainingData, pair_context, write_card
 
 LOG_FILE = "train_log.jsonl"
 
@@ -33,7 +33,7 @@ def to_examples(pairs: list[Pair], style: str) -> list[dict[str, str]]:
     """TRL prompt-completion rows for a list of pairs."""
     rows = []
     for p in pairs:
-        prompt, completion = training_text(p["biased_text"], p["debiased_text"], style)
+        prompt, completion = training_text(p["biased_text"], p["debiased_text"], style, pair_context(p))
         rows.append({"prompt": prompt, "completion": completion})
     return rows
 
@@ -279,7 +279,9 @@ def train(
     data = load_training_data(data_specs, config, mapping)
     output.mkdir(parents=True, exist_ok=True)
     write_card(data.card, output)
-    (output / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    # "context": the prompts showed neighbouring sentences, so the Debiaser shows them too
+    recorded = {**config.to_dict(), "context": any(pair_context(p) for p in data.train)}
+    (output / "train_config.json").write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
     started = time.perf_counter()
     trainer = build_trainer(config, data, output)
     result = trainer.train(resume_from_checkpoint=checkpoint if resume else None)
