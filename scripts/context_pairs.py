@@ -59,7 +59,9 @@ def main() -> None:
     with open(args.out, "w", encoding="utf-8") as handle:
         for row in made:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"wrote {len(made)} pairs to {args.out}, {sum('context_before' in r for r in made)} with neighbours")
+    print(
+        f"wrote {len(made)} pairs to {args.out}, {sum('context_before' in r for r in made)} with neighbours"
+    )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ class CalmJudge:
 
     def score(self, texts):
         return [
-            {"toxicity": 0.0, "bias": 0.0} if t and not t.replace(CALM, "").strip() else {"toxicity": 0.8, "bias": 0.6}
+            {"toxicity": 0.0, "bias": 0.0}
+            if t and not t.replace(CALM, "").strip()
+            else {"toxicity": 0.8, "bias": 0.6}
             for t in texts
         ]
 

@@ -15,6 +15,7 @@ from mbias.commands.common import console, progress_bar, rate_text
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_PAIRS = REPO_ROOT / "data" / "bias"
+DEFAULT_JUDGE_DATA = REPO_ROOT / "data" / "judge"
 
 
 def train_judges(
@@ -24,6 +25,9 @@ def train_judges(
     pairs: Annotated[
         Path, typer.Option(help="Folder of the project's bias pairs (*.jsonl); used if present.")
     ] = DEFAULT_PAIRS,
+    judge_data: Annotated[
+        Path, typer.Option(help="Folder with advice.jsonl and negatives.jsonl (data/judge); used if present.")
+    ] = DEFAULT_JUDGE_DATA,
     output: Annotated[Path, typer.Option(help="Where heads.json and heads.npz go.")] = config.JUDGE_ASSETS,
     heads: Annotated[
         str, typer.Option(help="'all', or 'category' to retrain only the harm-category head in OUTPUT.")
@@ -43,11 +47,11 @@ def train_judges(
     cache = EmbeddingCache()
     if heads == "category":
         shipped = HeadSet.load(output / "heads.json")
-        _train_category(shipped, cache, pairs, data)
+        _train_category(shipped, cache, pairs, data, judge_data)
         path = shipped.save(output)
         console.print(f"wrote {path}")
         return
-    pools, dropped = head_pools(data, pairs)
+    pools, dropped = head_pools(data, pairs, judge_data if judge_data.is_dir() else None)
     every_text = [e.text for pool in pools.values() for e in pool] + [
         j.text for j in gpt_labels(data / "mbias-test")
     ]
@@ -82,13 +86,16 @@ def train_judges(
                 "toxicity": "ParaDetox toxic + toxic cannot-rewrite comments (1) vs neutral refs (0); "
                 "ToxiGen hate (1) vs neutral (0)",
                 "bias": "ToxiGen hate (1) vs neutral (0); BABE SG2 Biased (1) vs Non-biased (0); "
-                "data/bias pairs: rewritten biased_text (1), debiased_text and kept texts (0)",
+                "data/bias pairs: rewritten biased_text (1), debiased_text and kept texts (0); "
+                "data/judge advice: discriminatory advice (1) vs fair counterpart (0)",
+                "both": "data/judge negatives (0): identity mentions, counter-speech, facts about "
+                "discrimination, fair advice, plain LLM-answer prose",
             },
         },
         "validation": report,
         "calibration": calibration,
     }
-    _train_category(headset, cache, pairs, data)
+    _train_category(headset, cache, pairs, data, judge_data)
     path = headset.save(output)
     for name in trained:
         valid, cal = report[name]["validation_at_threshold"], calibration[name]
@@ -102,13 +109,13 @@ def train_judges(
     console.print(f"wrote {path} ({size / 1024:.0f} KiB with weights)")
 
 
-def _train_category(headset: Any, cache: Any, pairs: Path, data: Path) -> None:
+def _train_category(headset: Any, cache: Any, pairs: Path, data: Path, judge_data: Path) -> None:
     """Fit the harm-category head on the training side, report it on the held-out side, attach it."""
     import numpy as np
 
     from mbias.judges.categories import category_examples, category_report, fit_category_head
 
-    examples = category_examples(pairs, data)
+    examples = category_examples(pairs, data, judge_data if judge_data.is_dir() else None)
     _embed_with_progress(cache, [e.text for e in examples])
     train = [e for e in examples if not e.heldout]
     valid = [e for e in examples if e.heldout]

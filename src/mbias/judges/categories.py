@@ -48,16 +48,20 @@ DIMENSION_TO_CATEGORY = {
 PARADETOX_SAMPLE = 1500  # toxic sentences for the insult class, about the size of the larger groups
 
 
-def category_examples(pairs_dir: Path, data: Path) -> list[Example]:
-    """(text, category index) examples: the bias set's rewritten sentences by dimension, and a
-    fixed sample of ParaDetox toxic sentences (every 8th) as insults."""
+def category_examples(pairs_dir: Path, data: Path, judge_dir: Path | None = None) -> list[Example]:
+    """(text, category index) examples: the bias set's rewritten sentences and the discriminatory
+    advice (data/judge) by dimension, and a fixed sample of ParaDetox toxic sentences (every 8th)
+    as insults."""
     examples = []
-    for path in sorted(pairs_dir.glob("*.jsonl")):
+    files = sorted(pairs_dir.glob("*.jsonl"))
+    if judge_dir and (judge_dir / "advice.jsonl").is_file():
+        files.append(judge_dir / "advice.jsonl")
+    for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             category = DIMENSION_TO_CATEGORY.get(row.get("dimension"))
-            if row.get("action") == "rewrite" and category:
-                examples.append(Example(row["biased_text"], CATEGORIES.index(category), "bias-pairs"))
+            if row.get("action", "rewrite") == "rewrite" and category:
+                examples.append(Example(row["biased_text"], CATEGORIES.index(category), path.stem))
     toxic = [e for e in paradetox(data) if e.label == 1][::8][:PARADETOX_SAMPLE]
     examples += [Example(e.text, CATEGORIES.index("insult or profanity"), "paradetox") for e in toxic]
     return examples

@@ -85,6 +85,28 @@ def bias_pairs(directory: Path) -> Iterator[Example]:
                 yield Example(row["biased_text"], 0, "bias-pairs")
 
 
+def _jsonl(path: Path) -> Iterator[dict]:
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+
+def advice(directory: Path) -> Iterator[Example]:
+    """Discriminatory advice and decisions about groups (1) beside their fair counterparts (0):
+    the polite, assistant-voiced bias that social-media training data lacks."""
+    for row in _jsonl(directory / "advice.jsonl"):
+        yield Example(row["biased_text"], 1, "advice")
+        yield Example(row["fair_text"], 0, "advice")
+
+
+def negatives(directory: Path) -> Iterator[Example]:
+    """Fair sentences the judge must leave alone (0): identity mentions, counter-speech, facts about
+    discrimination, fair advice, and plain LLM-answer prose."""
+    for row in _jsonl(directory / "negatives.jsonl"):
+        yield Example(row["text"], 0, "negatives")
+
+
 def test_set_texts(data: Path) -> set[str]:
     """Normalised texts of the paper's test set (inputs and every rewrite), never to be trained on."""
     texts: set[str] = set()
@@ -119,13 +141,19 @@ def clean(examples: list[Example], excluded: set[str]) -> tuple[list[Example], d
     return kept, dropped
 
 
-def head_pools(data: Path, pairs_dir: Path) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]]]:
-    """Examples per head, cleaned, and how many were dropped why."""
+def head_pools(
+    data: Path, pairs_dir: Path, judge_dir: Path | None = None
+) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]]]:
+    """Examples per head, cleaned, and how many were dropped why. ``judge_dir`` (data/judge) adds
+    discriminatory advice to the bias head and fair sentences to both heads."""
     shared_toxigen = list(toxigen(data))
+    fair = list(negatives(judge_dir)) if judge_dir else []
     raw = {
-        "toxicity": list(paradetox(data)) + shared_toxigen,
-        "bias": shared_toxigen + list(babe(data)) + list(bias_pairs(pairs_dir)),
+        "toxicity": list(paradetox(data)) + shared_toxigen + fair,
+        "bias": shared_toxigen + list(babe(data)) + list(bias_pairs(pairs_dir)) + fair,
     }
+    if judge_dir:
+        raw["bias"] += list(advice(judge_dir))
     excluded = test_set_texts(data)
     pools, dropped = {}, {}
     for head, examples in raw.items():
