@@ -85,9 +85,8 @@ def main() -> None:
     print(f"{'head':10} {'source':12} {'n':>6} {'ROC-AUC':>8} {'F1':>6} {'acc':>6}")
     for head, report in validation.items():
         if "validation_at_threshold" not in report:  # the category head reports accuracy instead
-            print(
-                f"{head:10} {'held out':12} {report['held_out']['n']:>6} accuracy {report['held_out']['accuracy']}"
-            )
+            held = report["held_out"]
+            print(f"{head:10} {'held out':12} {held['n']:>6} accuracy {held['accuracy']}")
             continue
         figures = report["validation_at_threshold"]
         for source, row in [("all", figures["all"]), *figures["by_source"].items()]:
@@ -162,7 +161,8 @@ def screening(judge: EmbeddedJudge, data: Path) -> None:
         flags, top = _flags(judge, [e.text for e in examples])
         print(
             f"  {name:22} n {len(examples):>5}  ROC-AUC {roc_auc_score(labels, top):.3f}  "
-            f"recall {flags[labels == 1].mean():.3f}  false alarms on the fair side {flags[labels == 0].mean():.3f}"
+            f"recall {flags[labels == 1].mean():.3f}  "
+            f"false alarms on the fair side {flags[labels == 0].mean():.3f}"
         )
     fair = _held_out(list(negatives(ROOT / "data" / "judge")))
     if fair:
@@ -183,9 +183,8 @@ def screening(judge: EmbeddedJudge, data: Path) -> None:
     sentences = [e.text for e in fair] or [e.text for e in _held_out(list(toxigen(data)))]
     start = time.perf_counter()
     judge.score([f"{t} ({i})" for i, t in enumerate(sentences * 2)])  # distinct: no memo hits
-    print(
-        f"sentences/s (screening one sentence at a time in batches): {2 * len(sentences) / (time.perf_counter() - start):.0f}"
-    )
+    rate = 2 * len(sentences) / (time.perf_counter() - start)
+    print(f"sentences/s (screening one sentence at a time in batches): {rate:.0f}")
 
 
 if __name__ == "__main__":
