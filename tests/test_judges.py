@@ -245,6 +245,21 @@ def test_similarity_of_identical_text_is_one_and_unrelated_lower():
 
 
 @pytest.mark.integration
+def test_encoder_vectors_do_not_depend_on_batching_or_padding():
+    """Texts are sorted by length into batches and padded: neither may change a vector or its row."""
+    import numpy as np
+
+    from mbias.judges.encoder import encode
+
+    texts = ["A much longer sentence about the library opening hours on weekdays.", "Short one.", "x " * 400]
+    together = encode(texts, batch_size=2)
+    alone = np.stack([encode([t])[0] for t in texts])
+    assert together.shape == (3, 384)
+    assert np.allclose(together, alone, atol=1e-5)
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.integration
 def test_score_cli_end_to_end_on_a_small_csv(tmp_path):
     import pandas as pd
 
