@@ -43,7 +43,7 @@ BASE = "hf:gguf:gemma-3-270m"
 def machine() -> dict[str, Any]:
     """What the figures were measured on. One adapter's greedy text moves with the CPU's kernels
     (the shipped adapter rewrote 20 of 50 bias-set texts differently on an AVX-512 machine than on
-    the one before; docs/RESULTS.md, "Preference round 3"): compare figures from one machine only."""
+    the one before; docs/lab/results-log.md, "Preference round 3"): compare figures from one machine only."""
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as info:

@@ -50,12 +50,12 @@ class DebiasSettings:
     screen: bool = True  # skip generation for units the judge finds clean
     # A unit skips generation only when every score is below this share of the judge's threshold.
     # At 1.0 the screen let through 71 % of the mbias-test inputs the paper's GPT judge flagged and
-    # left copies of 13 of 50 biased inputs in a blind read; at 0.35, 91 % (docs/RESULTS.md).
+    # left copies of 13 of 50 biased inputs in a blind read; at 0.35, 91 % (docs/lab/results-log.md).
     screen_margin: float = 0.35
     min_similarity: float = 0.5  # below this a candidate has lost the message
     # When no candidate passes the judge, sample this many more and choose again (0: never).
     # Off by default: with the shipped adapter a blind read found no gain (the judge picks
-    # candidates it likes, not safer ones) while a mixed batch job ran 2.4x slower (RESULTS.md).
+    # candidates it likes, not safer ones) while a mixed batch job ran 2.4x slower (docs/lab/results-log.md).
     retries: int = 0
     retry_temperature: float = 0.8
     # "sentence": screen and rewrite each sentence; "text": the whole text as one unit; "auto"

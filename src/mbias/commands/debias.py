@@ -77,8 +77,9 @@ def debias(
         settings=settings,
     )
     if input is None:
-        if len(records) == 1 and granularity == "text":
-            debiaser.check_length(records[0]["text"])  # a lone text that is too long is an error
+        if len(records) == 1:  # a lone text with a unit too long for the model is an error
+            for unit in debiaser.units(records[0]):
+                debiaser.check_length(unit.text)
         for batch in debiaser.stream(records):
             for record in batch:
                 if explain:

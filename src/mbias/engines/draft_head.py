@@ -3,7 +3,7 @@
 gemma-3-270m's output layer (262,144 tokens x 640, tied to the token embedding, Q8_0 in the
 packaged file) costs more per generated token than its 18 transformer blocks. llama.cpp multiplies
 Q4_0 weights much faster, but Q4_0 logits move by up to ~4 and a Q4_0 embedding lost 2.6-4.3 points
-of judged quality (docs/RESULTS.md). So the engine loads a copy of the model with a separate Q4_0
+of judged quality (docs/lab/results-log.md). So the engine loads a copy of the model with a separate Q4_0
 ``output.weight`` (the input embedding stays as it was) whose logits only *propose*: a row whose
 leading draft token is far ahead of the next takes it; every other row re-scores a short list with
 the model's own embedding rows against the final hidden state, in float32. The chosen token is the

@@ -1,6 +1,6 @@
 """Micro-batching: concurrent HTTP requests share one model call.
 
-A CPU or GPU model is far faster on a batch than on texts one at a time (docs/RESULTS.md), so
+A CPU or GPU model is far faster on a batch than on texts one at a time (docs/lab/results-log.md), so
 requests arriving within a few milliseconds of each other are merged, run through the Debiaser on
 one worker thread (the model is never called concurrently), and answered individually.
 """
