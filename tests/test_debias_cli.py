@@ -120,3 +120,44 @@ def test_non_utf8_stdin_and_too_long_text(engine):
     assert bad.returncode == 2 and b"not UTF-8" in bad.stderr
     long = run_cli("debias", *engine, "--max-input-tokens", "50", "word " * 500)
     assert long.returncode == 2 and b"limit" in long.stderr and b"Traceback" not in long.stderr
+
+
+ANSWER = """## Team tips
+
+Plan the sprint on Monday. You stupid idiots never finish anything, so stop wasting my time. Review the board daily.
+
+```python
+print("you stupid idiots")  # code is never sent to the model
+```
+
+- Keep standups short
+"""
+
+
+@pytest.mark.integration
+def test_long_answer_with_the_embedded_model_and_judge():
+    """The real default engine and judge on a markdown answer: the insult is screened out of its
+    paragraph and rewritten there, and code, list and headings come back byte for byte."""
+    result = run_cli("debias", "--format", "json", ANSWER, env={"MBIAS_JUDGE": "embedded"})
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    rewrite = record["rewrite"]
+    for kept in (
+        '```python\nprint("you stupid idiots")  # code is never sent to the model\n```',
+        "- Keep standups short\n",
+        "## Team tips\n",
+    ):
+        assert kept in rewrite
+    changed = [s for s in record["spans"] if s["rewrite"] != s["original"]]
+    assert [s["original"] for s in changed] == [
+        "You stupid idiots never finish anything, so stop wasting my time."
+    ]
+    span = changed[0]
+    assert rewrite[span["output_start"] : span["output_end"]] == span["rewrite"]
+    assert rewrite[: span["output_start"]] == ANSWER[: span["start"]]
+    assert rewrite[span["output_end"] :] == ANSWER[span["end"] :]
+    assert (
+        span["category"] == "insult or profanity" and span["before"]["toxicity"] > span["after"]["toxicity"]
+    )
+    explained = run_cli("debias", "--explain", ANSWER, env={"MBIAS_JUDGE": "embedded"})
+    assert explained.returncode == 0 and b"insult" in explained.stdout and b"Plan the sprint on Monday." in explained.stdout

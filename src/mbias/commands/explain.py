@@ -26,7 +26,7 @@ def explain_record(record: Record, console: Console = out) -> None:
     shown = Text(record["rewrite"])
     for span in spans:
         shown.stylize(STYLES.get(span["action"], "bold"), span["output_start"], span["output_end"])
-    title = f"[bold]{record.get('id', '')}[/] {record['action']}"
+    title = f"[bold]{record.get('id', '')}[/]: {record['action']}"
     if record.get("reason"):
         title += f" ({record['reason']})"
     console.rule(title)
@@ -36,7 +36,7 @@ def explain_record(record: Record, console: Console = out) -> None:
         return
     table = Table(show_lines=True, expand=True)
     for column in ("#", "category", "action", "original", "rewrite", "before", "after"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold" if column in ("original", "rewrite") else "ellipsis")
     for number, span in enumerate(spans, 1):
         action = span["action"] + (f"\n{span['reason']}" if span.get("reason") else "")
         table.add_row(
