@@ -124,7 +124,8 @@ def test_non_utf8_stdin_and_too_long_text(engine):
 
 ANSWER = """## Team tips
 
-Plan the sprint on Monday. You stupid idiots never finish anything, so stop wasting my time. Review the board daily.
+Plan the sprint on Monday. You stupid idiots never finish anything, so stop wasting my time.
+Review the board daily.
 
 ```python
 print("you stupid idiots")  # code is never sent to the model
@@ -160,4 +161,5 @@ def test_long_answer_with_the_embedded_model_and_judge():
         span["category"] == "insult or profanity" and span["before"]["toxicity"] > span["after"]["toxicity"]
     )
     explained = run_cli("debias", "--explain", ANSWER, env={"MBIAS_JUDGE": "embedded"})
-    assert explained.returncode == 0 and b"insult" in explained.stdout and b"Plan the sprint on Monday." in explained.stdout
+    assert explained.returncode == 0, explained.stderr
+    assert b"insult" in explained.stdout and b"Plan the sprint on Monday." in explained.stdout
