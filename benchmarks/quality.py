@@ -22,6 +22,8 @@ benchmarks/human_read.py is its independent check.
     python benchmarks/quality.py --adapter runs/cpu-small --limit 50 --batch-size 16 --out q.json
     python benchmarks/quality.py --engines hf,llamacpp --no-baseline --out parity.json
     python benchmarks/quality.py --engines llamacpp --product --retries 4 --no-baseline --out p.json
+    python benchmarks/quality.py --engines llamacpp --product --granularities auto,text --no-baseline \
+        --out g.json
 """
 
 from __future__ import annotations
@@ -199,6 +201,12 @@ def main() -> None:
     parser.add_argument(
         "--retries", type=int, default=DebiasSettings.retries, help="the product path's retries"
     )
+    parser.add_argument(
+        "--granularities",
+        default="auto",
+        help="comma-separated: auto (per sentence, the default path), text (whole text, the path before "
+        "sentences); each adds the adapter (and product) lines, in the same run",
+    )
     parser.add_argument("--out", required=True, help="JSON file for the figures")
     args = parser.parse_args()
 
@@ -210,20 +218,32 @@ def main() -> None:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     style = trained["prompt_style"]
     judge = load_judge("embedded")
-    model_only = DebiasSettings(batch_size=args.batch_size, retries=0)  # with no judge: every text rewritten
-    systems = {
-        f"adapter ({style}, {e})": (engine_spec(e, base, adapter), style, None, model_only) for e in engines
-    }
-    if args.product:
-        product = DebiasSettings(batch_size=args.batch_size, retries=args.retries)
-        name = f"product: screen {product.screen_margin}, retries {product.retries} ({engines[0]})"
-        systems[name] = (engine_spec(engines[0], base, adapter), style, judge, product)
+    systems = {}
+    for granularity in [g.strip() for g in args.granularities.split(",") if g.strip()]:
+        suffix = "" if granularity == "auto" else f", granularity {granularity}"
+        # with no judge: every text rewritten
+        model_only = DebiasSettings(batch_size=args.batch_size, retries=0, granularity=granularity)
+        for e in engines:
+            systems[f"adapter ({style}, {e}{suffix})"] = (
+                engine_spec(e, base, adapter),
+                style,
+                None,
+                model_only,
+            )
+        if args.product:
+            product = DebiasSettings(
+                batch_size=args.batch_size, retries=args.retries, granularity=granularity
+            )
+            name = (
+                f"product: screen {product.screen_margin}, retries {product.retries} ({engines[0]}{suffix})"
+            )
+            systems[name] = (engine_spec(engines[0], base, adapter), style, judge, product)
     if not args.no_baseline:
         systems[f"base (fewshot, {engines[0]})"] = (
             engine_spec(engines[0], base, None),
             "fewshot",
             None,
-            model_only,
+            DebiasSettings(batch_size=args.batch_size, retries=0),
         )
     splits = dev_splits(args.limit)
     inputs = {name: score_inputs(judge, texts) for name, (_, texts, _) in splits.items()}
