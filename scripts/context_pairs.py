@@ -8,7 +8,8 @@ one training file holds both prompt shapes. The rewrite target is unchanged: onl
 rewritten, never its neighbours.
 
     python scripts/context_pairs.py --share 0.5 -o runs/context-pairs.jsonl
-    mbias train --init-adapter src/mbias/assets/mbias-270m-adapter --data runs/context-pairs.jsonl ...
+    python scripts/context_pairs.py --pairs data/preferences/mined-v5.jsonl \
+        data/preferences/mined-dpo-round1.jsonl -o runs/context-prefs.jsonl   # for train --method dpo
 """
 
 from __future__ import annotations
@@ -45,16 +46,24 @@ def with_context(rows: list[dict], pool: list[str], share: float, seed: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", default=str(ROOT / "data" / "bias"), help="folder of *.jsonl pairs")
+    parser.add_argument(
+        "--pairs", nargs="+", default=[str(ROOT / "data" / "bias")], help="pair files or folders of *.jsonl"
+    )
     parser.add_argument("--sentences", default=str(ROOT / "data" / "judge" / "negatives.jsonl"))
     parser.add_argument("--share", type=float, default=0.5, help="share of pairs given neighbours")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--out", required=True)
     args = parser.parse_args()
     rows = []
-    for path in sorted(Path(args.pairs).glob("*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for given in args.pairs:
+        given = Path(given)
+        for path in sorted(given.glob("*.jsonl")) if given.is_dir() else [given]:
+            rows += [
+                json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+            ]
     made = with_context(rows, neighbours(Path(args.sentences)), args.share, args.seed)
+    # files mined in different rounds reuse ids: number the rows, keep where each came from
+    made = [{**row, "id": f"ctx-{i:05d}", "source_id": row.get("id")} for i, row in enumerate(made)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:
         for row in made:
