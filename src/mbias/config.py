@@ -133,6 +133,13 @@ def default_judge(choice: str = "") -> str | None:
     return "embedded" if (JUDGE_ASSETS / "heads.json").exists() else None
 
 
+PACKAGED_DATA = Path(__file__).parent / "data"
+
+
 def data_dir() -> Path:
-    """The shared datasets folder (MBIAS_DATA, else ``shared/data`` beside the repository checkout)."""
-    return Path(os.environ.get("MBIAS_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+    """The datasets folder: MBIAS_DATA, else ``shared/data`` beside a repository checkout (the
+    development data), else the copies shipped in the package (what probe and eval --paper need)."""
+    if os.environ.get("MBIAS_DATA"):
+        return Path(os.environ["MBIAS_DATA"])
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
+    return shared if shared.is_dir() else PACKAGED_DATA
