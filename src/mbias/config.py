@@ -133,6 +133,14 @@ def default_judge(choice: str = "") -> str | None:
     return "embedded" if (JUDGE_ASSETS / "heads.json").exists() else None
 
 
+def measuring_judge(choice: str = "") -> str:
+    """The judge that scores for ``eval`` and ``probe``: the choice, else MBIAS_JUDGE, else the
+    embedded one. MBIAS_JUDGE=none turns screening off in the rewrite path; measuring still needs
+    a judge, so there it means the embedded one."""
+    chosen = choice or os.environ.get("MBIAS_JUDGE") or "embedded"
+    return "embedded" if chosen == "none" else chosen
+
+
 PACKAGED_DATA = Path(__file__).parent / "data"
 
 

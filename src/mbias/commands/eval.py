@@ -58,8 +58,8 @@ def eval_command(
     ] = None,
     group_column: Annotated[str | None, typer.Option(help="Break the figures down by this column.")] = None,
     judge: Annotated[
-        str, typer.Option(help="'embedded' or 'llm:SPEC' (DeepEval-style LLM judge).")
-    ] = "embedded",
+        str, typer.Option(help="'embedded' or 'llm:SPEC' (DeepEval-style LLM judge); default MBIAS_JUDGE.")
+    ] = "",
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default: INPUT.eval/, or runs/paper-eval).")
     ] = None,
@@ -80,7 +80,12 @@ def eval_command(
     from mbias.judges import load_judge
 
     if paper:
-        _paper(load_judge(judge), Path(data or config.data_dir()), out or Path("runs/paper-eval"), limit)
+        _paper(
+            load_judge(config.measuring_judge(judge)),
+            Path(data or config.data_dir()),
+            out or Path("runs/paper-eval"),
+            limit,
+        )
         return
     try:
         rows = read_records(input, source_column)  # type: ignore[arg-type]
@@ -91,7 +96,7 @@ def eval_command(
     output = _column(rows, output_column, OUTPUT_GUESSES, "--output-column", input)  # type: ignore[arg-type]
     if group_column:
         _column(rows, group_column, (), "--group-column", input)  # type: ignore[arg-type]
-    chosen = load_judge(judge)
+    chosen = load_judge(config.measuring_judge(judge))
     from mbias.evaluate import evaluate, paper_table
     from mbias.report import evaluation_report
 

@@ -23,7 +23,9 @@ def probe(
         int, typer.Option(min=1, help="Hateful and neutral statements per group (each).")
     ] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the statement sample.")] = 0,
-    judge: Annotated[str, typer.Option(help="'embedded' or 'llm:SPEC'.")] = "embedded",
+    judge: Annotated[
+        str, typer.Option(help="'embedded' or 'llm:SPEC'; default MBIAS_JUDGE, else embedded.")
+    ] = "",
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/probe"),
     data: Annotated[Path | None, typer.Option(help="Shared data folder (default: MBIAS_DATA).")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
@@ -40,7 +42,7 @@ def probe(
 
     directory = Path(data or config.data_dir())
     total = len(sample_statements(directory / STATEMENTS, per_group, seed))
-    chosen = load_judge(judge)
+    chosen = load_judge(config.measuring_judge(judge))
     start = time.perf_counter()
     with progress_bar("probe") as progress:
         task = progress.add_task("probe", total=total, rate="")
