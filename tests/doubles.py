@@ -33,5 +33,8 @@ class FixedJudge:
             for s, o in zip(sources, outputs)
         ]
 
+    def categorise(self, texts):
+        return ["insult or profanity" if any(w in t for w in self.unsafe_words) else None for t in texts]
+
     def is_unsafe(self, scores, margin=1.0):
         return scores["toxicity"] >= 0.5 * margin

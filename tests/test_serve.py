@@ -128,3 +128,63 @@ def test_guard_rewrites_only_the_flagged_sentence_of_a_long_answer():
     [span] = choice["mbias"]["spans"]
     assert span["original"] == old and span["action"] == "rewritten"
     assert LONG_ANSWER[span["start"] : span["end"]] == old
+
+
+def test_operations_endpoints_and_metrics():
+    with make_client() as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+        assert client.get("/readyz").json() == {"ready": True}
+        assert client.get("/v1/models").json()["data"][0]["id"] == "scripted"
+        scored = client.post("/v1/score", json={"texts": ["calm words", "you idiot"]}).json()["results"]
+        assert [r["unsafe"] for r in scored] == [False, True] and scored[0]["category"] is None
+        client.post("/v1/debias", json={"text": "you idiot fix the printer"})
+        text = client.get("/metrics").text
+        assert 'mbias_requests_total{path="/v1/debias",status="200"} 1.0' in text
+        assert "mbias_batch_size_count 1.0" in text and "mbias_request_seconds_bucket" in text
+        assert "mbias_queue_depth" in text
+    assert client.app.state.ready is False  # after shutdown
+
+
+def test_full_queue_answers_503_with_retry_after():
+    class SlowEngine(CountingEngine):
+        def generate(self, prompts, **kwargs):
+            import time
+
+            time.sleep(0.3)
+            return super().generate(prompts, **kwargs)
+
+    debiaser = Debiaser(SlowEngine(), judge=FixedJudge(), prompt_style="mbias")
+    app = create_app(debiaser, max_queue=2, max_batch=1, max_wait_ms=0)
+
+    async def burst():
+        await app.state.batcher.start()
+        try:
+            tasks = [app.state.batcher.submit([{"id": "0", "text": f"you idiot {i}"}]) for i in range(5)]
+            return await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await app.state.batcher.stop()
+
+    from mbias.serve.batcher import Overloaded
+
+    results = asyncio.run(burst())
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    served = [r for r in results if isinstance(r, list)]
+    assert len(served) == 2 and len(refused) == 3 and app.state.batcher.pending == 0
+    with TestClient(create_app(debiaser, max_queue=1)) as client:
+        response = client.post("/v1/debias", json={"texts": ["a", "b"]})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"), [("rewrite", "Still an idiot"), ("block", "BLOCKED"), ("pass", None)]
+)
+def test_guard_policy_for_flagged_answers(chat_server, policy, expected):
+    url, _ = chat_server
+    upstream = load_engine(f"openai:{url}", backoff=0.01)
+    rewriter = ScriptedEngine(["still an idiot"])  # every candidate stays unsafe: the answer is flagged
+    with make_client(rewriter, upstream=upstream, on_flagged=policy, block_message="BLOCKED") as client:
+        body = {"messages": [{"role": "user", "content": "you idiot"}]}
+        choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    upstream_text = "Here is a debiased version: calm you idiot"
+    assert choice["message"]["content"] == (expected or upstream_text)
+    assert choice["mbias"]["action"] == "flagged" and choice["mbias"]["policy"] == policy

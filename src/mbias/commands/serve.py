@@ -28,13 +28,29 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for company.")] = 10.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
     retries: Retries = DebiasSettings.retries,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Texts allowed to wait; past it requests get 503 + Retry-After (0: no bound)."
+        ),
+    ] = 256,
+    on_flagged: Annotated[
+        str,
+        typer.Option(help="Guard: a sentence no rewrite fixed -> rewrite (best candidate), block, or pass."),
+    ] = "rewrite",
+    block_message: Annotated[
+        str | None, typer.Option(help="The answer sent instead under --on-flagged block.")
+    ] = None,
 ) -> None:
     """Serve POST /v1/debias and, with --upstream, an OpenAI-compatible guarded /v1/chat/completions."""
     import uvicorn
 
     from mbias.engines import load_engine
     from mbias.intervene import Debiaser
-    from mbias.serve.app import create_app
+    from mbias.serve.app import BLOCK_MESSAGE, POLICIES, create_app
+
+    if on_flagged not in POLICIES:
+        raise MbiasError(f"--on-flagged must be one of {', '.join(POLICIES)}")
 
     guard = None
     if upstream:
@@ -52,6 +68,9 @@ def serve(
         token=token or os.environ.get("MBIAS_SERVE_TOKEN"),
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        on_flagged=on_flagged,
+        block_message=block_message or BLOCK_MESSAGE,
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
 

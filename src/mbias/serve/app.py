@@ -1,8 +1,12 @@
-"""The FastAPI app: `POST /v1/debias`, and `POST /v1/chat/completions` as a guard proxy.
+"""The FastAPI app: `POST /v1/debias`, `POST /v1/score`, and `POST /v1/chat/completions` as a guard.
 
 The guard speaks the OpenAI chat-completions protocol, so any OpenAI client can point its base URL
-at mbias: the request goes to the upstream LLM unchanged, and each answer comes back rewritten when
-the judges find it biased or toxic (with an ``mbias`` field saying what was done).
+at mbias: the request goes to the upstream LLM unchanged, and each answer comes back with its
+flagged sentences rewritten (with an ``mbias`` field saying what was done, span by span).
+``on_flagged`` says what a guard does with a sentence no candidate fixed: keep the best rewrite
+(``rewrite``), replace the whole answer with a block message (``block``), or let it through
+(``pass``). Operations: ``/healthz``, ``/readyz`` (models loaded and the judge warm), ``/metrics``
+(Prometheus), ``/v1/models``; a full queue answers 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -12,16 +16,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, model_validator
 
 from mbias.engines.openai import OpenAIEngine
 from mbias.errors import MbiasError
 from mbias.intervene import Debiaser
-from mbias.serve.batcher import MicroBatcher
+from mbias.serve.batcher import MicroBatcher, Overloaded
+from mbias.serve.metrics import Metrics
 
 MAX_TEXTS = 256
 MAX_CHARS = 20_000
+POLICIES = ("rewrite", "block", "pass")
+BLOCK_MESSAGE = "This answer was withheld because it contained biased or toxic content."
 
 
 class DebiasRequest(BaseModel):
@@ -43,17 +50,33 @@ def create_app(
     token: str | None = None,
     max_batch: int = 16,
     max_wait_ms: float = 10.0,
+    max_queue: int = 0,
+    on_flagged: str = "rewrite",
+    block_message: str = BLOCK_MESSAGE,
 ) -> FastAPI:
-    batcher = MicroBatcher(debiaser, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    if on_flagged not in POLICIES:
+        raise MbiasError(f"on_flagged must be one of {', '.join(POLICIES)}, not {on_flagged!r}")
+    metrics = Metrics()
+    batcher = MicroBatcher(
+        debiaser, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, on_batch=metrics.batch
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await batcher.start()
+        if debiaser.judge is not None:  # load the encoder now, not on the first request
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(debiaser.judge.score, ["ready"])
+        app.state.ready = True
         yield
+        app.state.ready = False
         await batcher.stop()
 
     app = FastAPI(title="mbias", lifespan=lifespan)
     app.state.batcher = batcher
+    app.state.ready = False
+    app.middleware("http")(metrics.middleware(lambda: batcher.pending))
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -62,13 +85,53 @@ def create_app(
         if not secrets.compare_digest(given, token):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token")
 
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
     @app.exception_handler(MbiasError)
     async def user_error(_: Request, exc: MbiasError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=502)
 
+    @app.get("/healthz")
     @app.get("/health")
     def health() -> dict[str, Any]:
+        """Alive: the process answers (it may still be loading)."""
         return {"status": "ok", "engine": debiaser.engine.name, "guard": upstream is not None}
+
+    @app.get("/readyz")
+    def ready() -> JSONResponse:
+        """Ready: models loaded and the judge warm, so a request is served at full speed."""
+        return JSONResponse({"ready": app.state.ready}, status_code=200 if app.state.ready else 503)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        served = [debiaser.engine.name] + ([upstream.model] if upstream is not None else [])
+        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "mbias"} for m in served]}
+
+    @app.post("/v1/score", dependencies=[Depends(authorised)])
+    async def score(body: DebiasRequest) -> dict[str, Any]:
+        """The judges only: scores, the verdict and the harm category per text (no rewriting)."""
+        judge = debiaser.judge
+        if judge is None:
+            raise HTTPException(
+                status_code=404, detail="no judge loaded: start mbias serve with --judge embedded"
+            )
+        from starlette.concurrency import run_in_threadpool
+
+        texts = [body.text] if body.text is not None else body.texts
+        scores = await run_in_threadpool(judge.score, texts)
+        categories = await run_in_threadpool(judge.categorise, texts)
+        return {
+            "results": [
+                {"text": t, **s, "unsafe": judge.is_unsafe(s), "category": c if judge.is_unsafe(s) else None}
+                for t, s, c in zip(texts, scores, categories)
+            ]
+        }
 
     @app.post("/v1/debias", dependencies=[Depends(authorised)])
     async def debias(body: DebiasRequest) -> dict[str, Any]:
@@ -95,8 +158,18 @@ def create_app(
         texts = [((c.get("message") or {}).get("content") or "") for c in choices]
         records = await batcher.submit([{"id": str(i), "text": t} for i, t in enumerate(texts)])
         for choice, record in zip(choices, records):
-            choice["message"]["content"] = record["rewrite"]
+            choice["message"]["content"] = _apply_policy(record, on_flagged, block_message)
             choice["mbias"] = {k: record[k] for k in ("action", "reason", "spans") if k in record}
+            choice["mbias"]["policy"] = on_flagged if record["action"] == "flagged" else None
+            metrics.spans(record.get("spans", []))
         return answer
 
     return app
+
+
+def _apply_policy(record: dict[str, Any], on_flagged: str, block_message: str) -> str:
+    """The answer a guard returns: the spliced rewrite, unless a sentence stayed flagged and the
+    policy says to block the answer or pass the upstream's text through."""
+    if record["action"] != "flagged" or on_flagged == "rewrite":
+        return record["rewrite"]
+    return block_message if on_flagged == "block" else record["text"]
