@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -89,7 +90,6 @@ def test_guard_proxy_rewrites_upstream_answers(chat_server):
             choice["message"]["content"] == "A calm debiased version of you"
         )  # capitalised as the answer was
         assert choice["mbias"]["action"] == "rewritten"
-        assert client.post("/v1/chat/completions", json={**body, "stream": True}).status_code == 400
     with make_client() as client:
         assert client.post("/v1/chat/completions", json=body).status_code == 404
 
@@ -188,3 +188,69 @@ def test_guard_policy_for_flagged_answers(chat_server, policy, expected):
     upstream_text = "Here is a debiased version: calm you idiot"
     assert choice["message"]["content"] == (expected or upstream_text)
     assert choice["mbias"]["action"] == "flagged" and choice["mbias"]["policy"] == policy
+
+
+def _streaming_upstream(answer: str) -> FastAPI:
+    """An OpenAI-compatible stand-in that streams ``answer`` a few characters per chunk."""
+    from fastapi.responses import StreamingResponse
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat():
+        def events():
+            for i in range(0, len(answer), 7):
+                delta = {"choices": [{"index": 0, "delta": {"content": answer[i : i + 7]}}], "model": "tiny"}
+                yield f"data: {json.dumps(delta)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def _events(response) -> list:
+    return [
+        line[6:] if line[6:] == "[DONE]" else json.loads(line[6:])
+        for line in response.iter_lines()
+        if line.startswith("data: ")
+    ]
+
+
+@pytest.mark.parametrize("policy", ["rewrite", "block"])
+def test_streaming_guard_releases_sentences_and_rewrites_the_flagged_one(policy):
+    from tests.conftest import serve_in_thread
+
+    with serve_in_thread(_streaming_upstream(LONG_ANSWER)) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        fixed = "Ask each person on the team for a status update."
+        rewriter = ScriptedEngine([fixed if policy == "rewrite" else "Ask each idiot anyway."])
+        with make_client(rewriter, upstream=upstream, on_flagged=policy, block_message="BLOCKED") as client:
+            body = {"messages": [{"role": "user", "content": "plan my week"}], "stream": True}
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                events = _events(response)
+    assert events[-1] == "[DONE]"
+    final = events[-2]
+    pieces = [e["choices"][0]["delta"].get("content", "") for e in events[:-1]]
+    old = "Ask each idiot on the team for a status update."
+    assert len([p for p in pieces if p]) >= 3  # sentences leave as they complete, not at the end
+    assert final["choices"][0]["finish_reason"] == "stop"
+    [span] = final["mbias"]["spans"]
+    assert span["original"] == old and LONG_ANSWER[span["start"] : span["end"]] == old
+    if policy == "rewrite":
+        assert "".join(pieces) == LONG_ANSWER.replace(old, rewriter.outputs[0])
+        assert "".join(pieces)[span["output_start"] : span["output_end"]] == span["rewrite"]
+    else:  # the clean sentences before it already left; the flagged one ends the answer
+        assert "".join(pieces) == "## Plan\n\nHere is a plan for the week. BLOCKED"
+        assert final["mbias"]["action"] == "flagged"
+
+
+def test_ready_prefix_holds_the_sentence_in_progress_and_open_code():
+    from mbias.serve.stream import ready_prefix
+
+    assert ready_prefix("The first sentence is done. The second is still gro") == len(
+        "The first sentence is done. "
+    )
+    assert ready_prefix("Only one sentence so far") == 0
+    assert ready_prefix("Run this.\n\n```\nx = 1. Still code. More") == 0

@@ -7,8 +7,10 @@ environment (MBIAS_API_KEY, else OPENAI_API_KEY), never from the spec string.
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -78,6 +80,29 @@ class OpenAIEngine:
             if attempt < self.retries:
                 time.sleep(self.backoff * 2**attempt)
         raise MbiasError(last_error)
+
+    def stream_chat(self, payload: dict) -> Iterator[dict]:
+        """A streamed chat completion: each Server-Sent Event's JSON chunk, until ``[DONE]``."""
+        path = "/chat/completions"
+        try:
+            with self.client.stream("POST", path, json={**payload, "stream": True}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise MbiasError(
+                        f"{self.base_url}{path} answered HTTP {response.status_code}: {response.text[:200]}"
+                    )
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        yield json.loads(data)
+                    except ValueError:
+                        raise MbiasError(f"{self.base_url}{path} streamed a chunk that is not JSON") from None
+        except httpx.HTTPError as exc:
+            raise MbiasError(f"cannot reach {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
 
     def _first_model(self) -> str:
         models = self.request("GET", "/models").get("data") or []

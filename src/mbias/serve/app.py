@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from mbias.engines.openai import OpenAIEngine
@@ -24,6 +24,7 @@ from mbias.errors import MbiasError
 from mbias.intervene import Debiaser
 from mbias.serve.batcher import MicroBatcher, Overloaded
 from mbias.serve.metrics import Metrics
+from mbias.serve.stream import guarded_stream
 
 MAX_TEXTS = 256
 MAX_CHARS = 20_000
@@ -140,18 +141,31 @@ def create_app(
         return {"results": await batcher.submit(records)}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
-    async def guard(request: Request) -> dict[str, Any]:
+    async def guard(request: Request) -> Any:
         if upstream is None:
             raise HTTPException(
                 status_code=404, detail="no upstream LLM: start `mbias serve --upstream openai:URL#MODEL`"
             )
         payload = await request.json()
-        if payload.get("stream"):
-            raise HTTPException(
-                status_code=400, detail="streaming is not supported by the guard; set stream=false"
-            )
         payload.setdefault("model", upstream.model)
-        from starlette.concurrency import run_in_threadpool
+        from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+        if payload.get("stream"):
+            if int(payload.get("n") or 1) != 1:
+                raise HTTPException(status_code=400, detail="the streaming guard serves n=1 only")
+
+            async def check(text: str) -> dict[str, Any]:
+                [record] = await batcher.submit([{"id": "0", "text": text}])
+                metrics.spans(record.get("spans", []))
+                return record
+
+            events = guarded_stream(
+                iterate_in_threadpool(upstream.stream_chat(payload)),
+                check,
+                lambda record: _apply_policy(record, on_flagged, block_message),
+                on_flagged,
+            )
+            return StreamingResponse(events, media_type="text/event-stream")
 
         answer = await run_in_threadpool(upstream.request, "POST", "/chat/completions", payload)
         choices = answer.get("choices") or []

@@ -1,0 +1,98 @@
+"""The streaming guard: an upstream's tokens pass through as Server-Sent Events, a sentence at a time.
+
+Only the sentence in progress is held back. Each time the upstream's text holds a sentence that a
+later one has begun after (and no code fence is open), everything before that last sentence goes
+through the Debiaser as one piece (the same sentence path as a whole answer) and leaves, rewritten
+where the judge flagged it. The stream ends with a chunk whose ``mbias`` field carries the action
+and the spans, offsets counted in the whole answer, as a non-streamed answer's does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from mbias.errors import MbiasError
+from mbias.records import Record
+from mbias.segment import split_sentences
+
+FENCE = "```"
+
+
+def ready_prefix(text: str) -> int:
+    """How much of ``text`` can be checked now: up to the start of its last sentence (which may
+    still grow), and nothing while a code fence is open."""
+    sentences = split_sentences(text)
+    if len(sentences) < 2:
+        return 0
+    cut = sentences[-1].start
+    return cut if text[:cut].count(FENCE) % 2 == 0 else 0
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+async def guarded_stream(
+    chunks: AsyncIterator[dict[str, Any]],
+    check: Callable[[str], Awaitable[Record]],
+    policy: Callable[[Record], str],
+    on_flagged: str,
+) -> AsyncIterator[bytes]:
+    """SSE bytes of the guarded answer. ``check`` runs one piece of text through the Debiaser,
+    ``policy`` turns its record into the text that leaves."""
+    pending, offset, out_offset = "", 0, 0
+    spans: list[dict[str, Any]] = []
+    actions: list[str] = []
+    template: dict[str, Any] = {"object": "chat.completion.chunk", "created": int(time.time())}
+
+    def chunk(content: str | None, finish: str | None = None, **extra: Any) -> bytes:
+        delta = {"content": content} if content is not None else {}
+        return sse({**template, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+
+    async def release(piece: str) -> tuple[bytes, bool]:
+        nonlocal offset, out_offset
+        record = await check(piece)
+        text = policy(record)
+        actions.append(record["action"])
+        for span in record.get("spans", []):
+            spans.append(
+                {
+                    **span,
+                    "start": span["start"] + offset,
+                    "end": span["end"] + offset,
+                    "output_start": span["output_start"] + out_offset,
+                    "output_end": span["output_end"] + out_offset,
+                }
+            )
+        offset += len(piece)
+        out_offset += len(text)
+        stop = record["action"] == "flagged" and on_flagged == "block"
+        return chunk(text), stop
+
+    try:
+        async for upstream in chunks:
+            template.update({k: upstream[k] for k in ("id", "model") if k in upstream})
+            choice = (upstream.get("choices") or [{}])[0]
+            pending += (choice.get("delta") or {}).get("content") or ""
+            cut = ready_prefix(pending)
+            if cut:
+                event, stop = await release(pending[:cut])
+                pending = pending[cut:]
+                yield event
+                if stop:
+                    pending = ""
+                    break
+        if pending.strip():
+            event, _ = await release(pending)
+            yield event
+        elif pending:
+            yield chunk(pending)
+    except MbiasError as exc:
+        yield sse({"error": {"message": str(exc), "type": "upstream_error"}})
+    action = "flagged" if "flagged" in actions else "rewritten" if "rewritten" in actions else "kept"
+    yield chunk(None, "stop", mbias={"action": action, "spans": spans, "policy": on_flagged})
+    yield sse("[DONE]")
