@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from mbias import config
 from mbias.records import read_records
 from mbias.splits import is_heldout, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 BIAS_DIR = ROOT / "data" / "bias"
-MBIAS_TEST = ROOT.parent / "shared" / "data" / "mbias-test" / "train-500-biased-evaluation.csv"
+MBIAS_TEST = config.data_dir() / "mbias-test" / "train-500-biased-evaluation.csv"  # shipped in the package
 FIELDS = {"id", "biased_text", "debiased_text", "group", "dimension", "source", "action", "guideline"}
 DIMENSIONS = {
     "gender", "sexual_orientation", "race_ethnicity", "religion", "disability", "age",
