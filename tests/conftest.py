@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from mbias.serve.background import serve_in_thread
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,28 +74,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never write to the user's cache, except the embedded model's converted forms (shared, slow to
     make: the transformers weights, the llama.cpp draft-head copy, GGUF LoRAs of shipped adapters)."""
     monkeypatch.setenv("MBIAS_JUDGE", os.environ.get("MBIAS_TEST_JUDGE", "none"))
-
-
-@contextmanager
-def serve_in_thread(app) -> Iterator[str]:
-    """A real uvicorn server for an ASGI app on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

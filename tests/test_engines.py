@@ -53,7 +53,7 @@ def test_openai_engine_retries_and_discovers_model(chat_server, monkeypatch):
 
 
 def test_openai_engine_unreachable_server_is_one_line_error():
-    from tests.conftest import free_port
+    from mbias.serve.background import free_port
 
     port = free_port()  # nothing listens there
     with pytest.raises(MbiasError, match="cannot reach") as info:

@@ -15,7 +15,7 @@ from mbias.errors import MbiasError
 from mbias.evaluate import evaluate
 from mbias.judges.llm import JudgeAnswerError, LLMJudge, extract_json_object, parse_items, parse_verdicts
 from mbias.prompts import JUDGE_VERDICT
-from tests.conftest import free_port, serve_in_thread
+from mbias.serve.background import free_port, serve_in_thread
 
 
 # -- parsing ------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from mbias.annotate.store import NewCandidate, NewItem, Store
+from mbias.serve.background import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,12 +32,6 @@ CHROMIUM_ARGS = [
 ]
 TOKEN = "review-token-123"
 SCRIPT = "<script>alert('owned')</script> those people ruin every neighbourhood"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def build_db(path: Path) -> Store:

@@ -108,7 +108,7 @@ git merge idiot-branch
 
 
 def test_guard_rewrites_only_the_flagged_sentence_of_a_long_answer():
-    from tests.conftest import serve_in_thread
+    from mbias.serve.background import serve_in_thread
 
     upstream_app = FastAPI()
 
@@ -219,7 +219,7 @@ def _events(response) -> list:
 
 @pytest.mark.parametrize("policy", ["rewrite", "block"])
 def test_streaming_guard_releases_sentences_and_rewrites_the_flagged_one(policy):
-    from tests.conftest import serve_in_thread
+    from mbias.serve.background import serve_in_thread
 
     with serve_in_thread(_streaming_upstream(LONG_ANSWER)) as base_url:
         upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)

@@ -188,9 +188,9 @@ class Debiaser:
                     unit.action, unit.reason = "flagged", str(exc)
         if todo and self.judge is not None:
             todo = self._screen(todo)
-        protected = [u for u in todo if not u.rewritable]
-        for unit in protected:
-            unit.action, unit.reason = "flagged", REASON_PROTECTED
+        for unit in todo:
+            if not unit.rewritable and self.judge is not None:  # judged unsafe, but it cannot be rewritten
+                unit.action, unit.reason = "flagged", REASON_PROTECTED
         todo = [u for u in todo if u.rewritable]
         if todo:
             self._rewrite(todo)
