@@ -228,8 +228,9 @@ def timed(debiaser, answers: list[Answer]) -> tuple[list[dict], float]:
 
 
 def score_sentence_mode(answers: list[Answer], records: list[dict], judge) -> dict[str, float]:
-    biased = changed = still = clean = identical = 0
+    biased = changed = clean = identical = 0
     clean_answers = unchanged = code_ok = code_total = markers_ok = 0
+    after_texts = []  # what each biased sentence became, judged in one call below
     for answer, record in zip(answers, records):
         ranges = changed_ranges(record)
         spans = {(s["start"], s["end"]): s for s in record.get("spans", [])}
@@ -239,8 +240,8 @@ def score_sentence_mode(answers: list[Answer], records: list[dict], judge) -> di
                 span = spans.get(sentence)
                 was_changed = span is not None and span["rewrite"] != span["original"]
                 changed += was_changed
-                after = span["rewrite"] if was_changed else answer.markdown[sentence[0] : sentence[1]]
-                still += judge.is_unsafe(judge.score([after])[0])
+                unchanged_text = answer.markdown[sentence[0] : sentence[1]]
+                after_texts.append(span["rewrite"] if was_changed else unchanged_text)
             else:
                 clean += 1
                 identical += not overlaps(sentence, ranges)
@@ -253,6 +254,7 @@ def score_sentence_mode(answers: list[Answer], records: list[dict], judge) -> di
         for block in answer.code:  # code may hold lines that look like list items
             prose = prose.replace(block, "")
         markers_ok += len(re.findall(r"(?m)^(?:- |\d+\. )", prose)) == answer.markers
+    still = sum(judge.is_unsafe(s) for s in judge.score(after_texts)) if after_texts else 0
     return {
         "biased sentences": biased,
         "biased sentences changed %": 100 * changed / max(biased, 1),

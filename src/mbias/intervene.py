@@ -299,7 +299,7 @@ class Debiaser:
             record["action"] = "kept"
             if all(u.reason == REASON_CLEAN for u in units):
                 record["reason"] = REASON_CLEAN
-        if "action" in record and record.get("reason") is None:
+        if record.get("reason") is None:
             record.pop("reason", None)
         self._scores(record, units)
         record["spans"] = self._spans(units, replacements)
@@ -324,11 +324,11 @@ class Debiaser:
     def _spans(self, units: list[Unit], replacements: dict[tuple[int, int], str]) -> list[dict[str, Any]]:
         """One entry per changed or flagged unit: where it was, what it became, why, and which harm."""
         shown = [u for u in units if u.action != "kept" or (u.start, u.end) in replacements]
-        categories = self._categories([u.text for u in shown])
+        category = dict(zip(((u.start, u.end) for u in shown), self._categories([u.text for u in shown])))
         spans, shift = [], 0
         for unit in sorted(units, key=lambda u: u.start):
             new = replacements.get((unit.start, unit.end), unit.text)
-            if unit in shown:
+            if (unit.start, unit.end) in category:
                 span: dict[str, Any] = {
                     "start": unit.start,
                     "end": unit.end,
@@ -337,7 +337,7 @@ class Debiaser:
                     "original": unit.text,
                     "rewrite": new,
                     "action": unit.action,
-                    "category": categories[shown.index(unit)],
+                    "category": category[(unit.start, unit.end)],
                     "before": unit.before,
                     "after": unit.after,
                 }

@@ -168,6 +168,7 @@ class LLMJudge:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.threshold = threshold
+        self._categoriser: Any = None
 
     # -- model calls ------------------------------------------------------------------------------
     def _generate(self, prompts: list[str]) -> list[str]:
@@ -272,9 +273,11 @@ class LLMJudge:
     def categorise(self, texts: list[str]) -> list[str | None]:
         """The harm category from the embedded category head, like ``similarity``: one encoder
         pass, no model calls."""
-        from mbias.judges.embedded import EmbeddedJudge
+        if self._categoriser is None:  # loaded once, on first use
+            from mbias.judges.embedded import EmbeddedJudge
 
-        return EmbeddedJudge().categorise(texts)
+            self._categoriser = EmbeddedJudge()
+        return self._categoriser.categorise(texts)
 
     def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
         """Unsafe at or above ``margin`` x the threshold, and when a score is missing: unknown is
