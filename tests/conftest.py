@@ -23,11 +23,18 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """A 2-layer Gemma-3 with a byte-level BPE tokenizer trained on a few sentences (~1 s)."""
+def build_tiny_model(directory: Path, seed: int = 0, arch: str = "gemma3") -> Path:
+    """A 2-layer Gemma-3 (or Qwen2, the 1.5B tier's architecture) with a byte-level BPE tokenizer
+    trained on a few sentences (~1 s)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(seed)
     core = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -41,22 +48,28 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
     )
-    config = Gemma3TextConfig(
+    shape = dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
         max_position_embeddings=512,
-        sliding_window=64,
-        layer_types=["sliding_attention", "full_attention"],
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
     )
-    model = Gemma3ForCausalLM(config)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**shape, tie_word_embeddings=True))
+    else:
+        config = Gemma3TextConfig(
+            **shape,
+            head_dim=16,
+            sliding_window=64,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+        model = Gemma3ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(directory)

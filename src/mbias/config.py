@@ -16,6 +16,9 @@ from pathlib import Path
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_ADAPTER = ASSETS / "mbias-270m-adapter"
 EMBEDDED_GGUF = "gguf:gemma-3-270m"
+# The quality tier: Qwen2.5-Coder-1.5B-Instruct from the ``1.5b`` extra (mbias.engines.packaged).
+QUALITY_ADAPTER = ASSETS / "mbias-1.5b-adapter"
+QUALITY_GGUF = "gguf:qwen2.5-coder-1.5b"
 
 
 def cache_dir() -> Path:
@@ -63,33 +66,40 @@ def adapter_prompt(adapter: str | Path) -> tuple[str, bool] | None:
     return str(recorded.get("prompt_style") or "mbias"), bool(recorded.get("context", False))
 
 
-def _embedded_entry() -> ModelEntry:
-    """llama.cpp when it is installed (about 3x transformers on CPU; the adapter is converted to a
-    GGUF LoRA once and cached), transformers otherwise."""
+def _adapter_entry(gguf: str, adapter: Path, model: str, fallback_style: str) -> ModelEntry:
+    """A packaged base with the project's adapter for it, on llama.cpp when it is installed (about 3x
+    transformers on CPU; the adapter is converted to a GGUF LoRA once and cached), transformers
+    otherwise; the base alone with ``fallback_style`` while no adapter ships."""
     engine = "llamacpp" if importlib.util.find_spec("llama_cpp") is not None else "hf"
-    if (DEFAULT_ADAPTER / "adapter_config.json").exists():
-        style, context = adapter_prompt(DEFAULT_ADAPTER) or ("mbias", False)
+    if (adapter / "adapter_config.json").exists():
+        style, context = adapter_prompt(adapter) or ("mbias", False)
         return ModelEntry(
-            spec=gguf_spec(engine, adapter=DEFAULT_ADAPTER),
+            spec=gguf_spec(engine, gguf=gguf, adapter=adapter),
             prompt_style=style,
-            description="gemma-3-270m with the project's MBIAS LoRA adapter (embedded default)",
+            description=f"{model} with the project's MBIAS LoRA adapter",
             context=context,
         )
     return ModelEntry(
-        spec=gguf_spec(engine),
-        prompt_style="fewshot",
-        description="gemma-3-270m base model with a few-shot prompt (no adapter shipped yet)",
+        spec=gguf_spec(engine, gguf=gguf),
+        prompt_style=fallback_style,
+        description=f"{model} base model, {fallback_style} prompt (no adapter shipped yet)",
     )
 
 
 def registry() -> dict[str, ModelEntry]:
     """Short names users can pass to --engine."""
     return {
-        "mbias-270m": _embedded_entry(),
+        "mbias-270m": _adapter_entry(EMBEDDED_GGUF, DEFAULT_ADAPTER, "gemma-3-270m", "fewshot"),
+        "mbias-1.5b": _adapter_entry(QUALITY_GGUF, QUALITY_ADAPTER, "Qwen2.5-Coder-1.5B-Instruct", "chat"),
         "gemma-3-270m": ModelEntry(
             spec=gguf_spec("hf"),
             prompt_style="fewshot",
             description="gemma-3-270m base model, few-shot prompt (the baseline)",
+        ),
+        "qwen2.5-coder-1.5b": ModelEntry(
+            spec=gguf_spec("llamacpp", gguf=QUALITY_GGUF),
+            prompt_style="chat",
+            description="Qwen2.5-Coder-1.5B-Instruct base model, chat prompt (the 1.5B baseline; extra 1.5b)",
         ),
         "mbias-7b": ModelEntry(
             spec="hf:newsmediabias/MBIAS",

@@ -15,7 +15,11 @@ INSTRUCTION = (
     "without any extra outputs. Debias this text by rephrasing it to be free of bias:"
 )
 
-STYLES = ("mbias", "fewshot", "mistral-inst", "chat", "auto")
+# The same task in a dozen tokens instead of sixty: for adapters trained on it (mbias-1.5b), every
+# training step and every prompt evaluation costs about a third less than with INSTRUCTION.
+SHORT_INSTRUCTION = "Rewrite the text without bias or toxicity, keeping its meaning."
+
+STYLES = ("mbias", "short", "fewshot", "mistral-inst", "chat", "auto")
 
 # Worked examples written by the project (docs/ANNOTATION.md style); none comes from a test set.
 FEWSHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
@@ -48,8 +52,8 @@ def _context_lines(context: Context | None) -> str:
     return "".join(f"{label}: {s}\n" for label, s in (("Before", before), ("After", after)) if s.strip())
 
 
-def _mbias_turn(text: str, context: Context | None = None) -> str:
-    return f"{INSTRUCTION}\n{_context_lines(context)}Text: {text}\nDebiased text:"
+def _mbias_turn(text: str, context: Context | None = None, instruction: str = INSTRUCTION) -> str:
+    return f"{instruction}\n{_context_lines(context)}Text: {text}\nDebiased text:"
 
 
 def render(text: str, style: str, tokenizer: Any | None = None, context: Context | None = None) -> str:
@@ -59,6 +63,7 @@ def render(text: str, style: str, tokenizer: Any | None = None, context: Context
     in every style as ``Before:`` / ``After:`` lines ahead of the text.
 
     - ``mbias``: the plain format the project's adapters are trained on; the answer follows it.
+    - ``short``: ``mbias`` with a one-line instruction (SHORT_INSTRUCTION), for adapters trained on it.
     - ``fewshot``: ``mbias`` preceded by worked examples, for base models without an adapter.
     - ``mistral-inst``: the ``[INST]`` format of Mistral-Instruct and the paper's MBIAS model.
     - ``chat``: the tokenizer's chat template with one user turn (or the bare turn for HTTP chat
@@ -70,6 +75,8 @@ def render(text: str, style: str, tokenizer: Any | None = None, context: Context
         style = "chat" if has_template else "mbias"
     if style == "mbias":
         return _mbias_turn(text, context)
+    if style == "short":
+        return _mbias_turn(text, context, SHORT_INSTRUCTION)
     if style == "fewshot":
         shots = "\n\n".join(f"{_mbias_turn(src)} {tgt}" for src, tgt in FEWSHOT_EXAMPLES)
         return f"{shots}\n\n{_mbias_turn(text, context)}"

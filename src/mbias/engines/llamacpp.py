@@ -22,9 +22,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mbias.config import EMBEDDED_GGUF
 from mbias.engines.draft_head import ExactHead, cached_draft_gguf
-from mbias.engines.hf import embedded_gguf
+from mbias.engines.packaged import is_packaged, packaged_gguf
 from mbias.errors import MbiasError
 from mbias.prompts import STOP_STRINGS
 
@@ -120,13 +119,35 @@ def cut_at_stop(text: str) -> tuple[str, bool]:
 
 class LlamaTokenizer:
     """The GGUF's own tokenizer behind the small part of the transformers interface mbias uses
-    (``tokenizer(text, add_special_tokens=...)["input_ids"]``). No chat template: prompts are
-    rendered in the plain formats of :mod:`mbias.prompts`, as for the transformers engine."""
+    (``tokenizer(text, add_special_tokens=...)["input_ids"]``, ``apply_chat_template``). The chat
+    template is the GGUF's own, applied by llama.cpp (which recognises the common formats rather
+    than running Jinja); models without one have ``chat_template = None``."""
 
-    chat_template = None
-
-    def __init__(self, llama: Any, vocab: Any):
+    def __init__(self, llama: Any, vocab: Any, model: Any = None):
         self._llama, self._vocab = llama, vocab
+        template = llama.llama_model_chat_template(model, None) if model is not None else None
+        self.chat_template: str | None = template.decode("utf-8") if template else None
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt for ``messages`` in the model's chat format (text only: ``tokenize`` must be False)."""
+        if tokenize or not self.chat_template:
+            raise MbiasError("llamacpp: apply_chat_template gives text, for a model with a chat template")
+        llama = self._llama
+        keep = [(m["role"].encode(), m["content"].encode()) for m in messages]  # alive during the call
+        chat = (llama.llama_chat_message * len(keep))(*(llama.llama_chat_message(r, c) for r, c in keep))
+        template, size = self.chat_template.encode(), 256 + sum(len(c) + 32 for _, c in keep)
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            written = llama.llama_chat_apply_template(
+                template, chat, len(keep), add_generation_prompt, buffer, size
+            )
+            if written < 0:
+                raise MbiasError("llamacpp: llama.cpp does not know this model's chat template")
+            if written <= size:
+                return buffer.raw[:written].decode("utf-8")
+            size = written
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         data = text.encode("utf-8")
@@ -174,7 +195,7 @@ class LlamaCppEngine:
         import numpy as np
 
         llama = self._llama = _llama()
-        path = embedded_gguf() if source == EMBEDDED_GGUF else Path(source)
+        path = packaged_gguf(source) if is_packaged(source) else Path(source)
         if not path.is_file():
             raise MbiasError(f"llamacpp: no GGUF model file at {source!r}")
         self.name = f"llamacpp:{source}" + (f"+lora:{lora}" if lora else "")
@@ -206,7 +227,7 @@ class LlamaCppEngine:
         self._embeddings_on = False
         self._vocab = llama.llama_model_get_vocab(model)
         self._n_vocab = llama.llama_vocab_n_tokens(self._vocab)
-        self.tokenizer = LlamaTokenizer(llama, self._vocab)
+        self.tokenizer = LlamaTokenizer(llama, self._vocab, model)
         self.context_window = n_ctx
         self.n_ctx, self.max_rows, self.n_batch = n_ctx, max_rows, params.n_batch
         self.threads = params.n_threads
