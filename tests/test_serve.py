@@ -7,7 +7,8 @@ import json
 import threading
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from mbias.engines import load_engine
@@ -53,11 +54,97 @@ def test_bad_requests_are_422(body):
         assert client.post("/v1/debias", json=body).status_code == 422
 
 
-def test_token_required_when_configured():
-    with make_client(token="s3cret") as client:
+def test_any_of_several_keys_is_accepted(tmp_path, monkeypatch):
+    from mbias.errors import MbiasError
+    from mbias.serve.limits import api_keys
+
+    key_file = tmp_path / "keys"
+    key_file.write_text("# rotated in December\nnew-key\n\n")
+    monkeypatch.setenv("MBIAS_SERVE_TOKEN", "env-a, env-b")
+    keys = api_keys(["s3cret"], str(key_file))
+    assert keys == {"s3cret", "new-key", "env-a", "env-b"}
+    with make_client(keys=keys) as client:
         assert client.post("/v1/debias", json={"text": "hi"}).status_code == 401
-        ok = client.post("/v1/debias", json={"text": "hi"}, headers={"Authorization": "Bearer s3cret"})
-        assert ok.status_code == 200
+        wrong = client.post("/v1/debias", json={"text": "hi"}, headers={"Authorization": "Bearer s3cre"})
+        assert wrong.status_code == 401
+        for key in sorted(keys):
+            ok = client.post("/v1/debias", json={"text": "hi"}, headers={"Authorization": f"Bearer {key}"})
+            assert ok.status_code == 200
+    key_file.write_text("# nothing yet\n")
+    with pytest.raises(MbiasError, match="holds no key"):
+        api_keys([], str(key_file))
+    with pytest.raises(MbiasError, match="cannot read"):
+        api_keys([], str(tmp_path / "missing"))
+
+
+def test_oversized_bodies_get_413_declared_or_streamed():
+    with make_client(max_body_bytes=2000) as client:
+        big = {"text": "word " * 1000}
+        assert client.post("/v1/debias", json=big).status_code == 413
+        chunked = iter([b'{"text": "', b"x" * 1500, b"y" * 1500, b'"}'])  # no Content-Length
+        response = client.post("/v1/debias", content=chunked, headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "2,000 bytes" in response.json()["detail"]
+        assert client.post("/v1/debias", json={"text": "small"}).status_code == 200
+
+
+def test_a_request_past_its_deadline_gets_504_and_abandoned_work_is_skipped():
+    import time
+
+    class SlowFirstCall(CountingEngine):
+        def generate(self, prompts, **kwargs):
+            if not self.calls:
+                time.sleep(1.0)
+            return super().generate(prompts, **kwargs)
+
+    engine = SlowFirstCall()
+    with make_client(engine, request_timeout=0.4) as client:
+        first = client.post("/v1/debias", json={"text": "you idiot fix the printer"})
+        assert first.status_code == 504 and "within 0.4 s" in first.json()["detail"]
+        queued = client.post("/v1/debias", json={"text": "you idiot, the queue is long"})
+        assert queued.status_code == 504  # waited behind the slow call, and was given up
+        time.sleep(0.8)
+        assert client.post("/v1/debias", json={"text": "the printer is slow"}).status_code == 200
+    prompts = [p for call in engine.calls for p in call]
+    assert any("fix the printer" in p for p in prompts)
+    assert not any("the queue is long" in p for p in prompts)  # never reached the model
+
+
+def test_upstream_failures_map_to_502_504_or_their_own_4xx():
+    import time
+
+    from mbias.serve.background import serve_in_thread
+
+    upstream_app = FastAPI()
+
+    @upstream_app.get("/v1/models")
+    def models():
+        return {"data": [{"id": "m"}]}
+
+    @upstream_app.post("/v1/chat/completions")
+    def chat(body: dict):  # a plain def: FastAPI runs it in a thread, so "slow" blocks no one else
+        kind = body["messages"][0]["content"]
+        if kind == "slow":
+            time.sleep(3.0)
+        if kind == "broken":
+            return JSONResponse({"error": "boom"}, status_code=500)
+        return JSONResponse({"error": {"message": "unknown model"}}, status_code=404)
+
+    body = lambda kind, **more: {"messages": [{"role": "user", "content": kind}], **more}  # noqa: E731
+    with serve_in_thread(upstream_app) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#m", backoff=0.01, retries=0, timeout=1.0)
+        with make_client(upstream=upstream) as client:
+            for stream in (False, True):
+                refused = client.post("/v1/chat/completions", json=body("refused", stream=stream))
+                assert refused.status_code == 404 and "unknown model" in refused.json()["detail"]
+                broken = client.post("/v1/chat/completions", json=body("broken", stream=stream))
+                assert broken.status_code == 502 and "HTTP 500" in broken.json()["detail"]
+                slow = client.post("/v1/chat/completions", json=body("slow", stream=stream))
+                assert slow.status_code == 504 and "did not answer in time" in slow.json()["detail"]
+            assert client.post("/v1/chat/completions", content=b"{not json").status_code == 400
+    gone = load_engine(f"openai:{base_url}/v1#m", backoff=0.01, retries=0)  # the server has stopped
+    with make_client(upstream=gone) as client:
+        unreachable = client.post("/v1/chat/completions", json=body("hello"))
+        assert unreachable.status_code == 502 and "cannot be reached" in unreachable.json()["detail"]
 
 
 def test_concurrent_requests_share_model_calls():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -22,8 +21,16 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     token: Annotated[
-        str | None, typer.Option(help="Require this bearer token (default: env MBIAS_SERVE_TOKEN).")
+        list[str] | None,
+        typer.Option(help="Accept this bearer key (repeatable; also MBIAS_SERVE_TOKEN, comma-separated)."),
     ] = None,
+    token_file: Annotated[
+        str | None, typer.Option(help="Accept the bearer keys in this file, one per line (# comments).")
+    ] = None,
+    max_body_kb: Annotated[int, typer.Option(min=1, help="Larger request bodies get 413.")] = 1024,
+    request_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds a request may take, upstream included; then 504 (0: none).")
+    ] = 60.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most texts merged into one model call.")] = 16,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for company.")] = 10.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
@@ -48,9 +55,11 @@ def serve(
     from mbias.engines import load_engine
     from mbias.intervene import Debiaser
     from mbias.serve.app import BLOCK_MESSAGE, POLICIES, create_app
+    from mbias.serve.limits import api_keys
 
     if on_flagged not in POLICIES:
         raise MbiasError(f"--on-flagged must be one of {', '.join(POLICIES)}")
+    keys = api_keys(token or (), token_file)
 
     guard = None
     if upstream:
@@ -65,12 +74,14 @@ def serve(
     app = create_app(
         debiaser,
         upstream=guard,
-        token=token or os.environ.get("MBIAS_SERVE_TOKEN"),
+        keys=keys,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         on_flagged=on_flagged,
         block_message=block_message or BLOCK_MESSAGE,
+        max_body_bytes=max_body_kb * 1024,
+        request_timeout=request_timeout or None,
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
 

@@ -16,10 +16,24 @@ from typing import Any
 
 import httpx
 
-from mbias.errors import MbiasError
+from mbias.errors import MbiasError, UpstreamError
 from mbias.prompts import STOP_STRINGS
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+def _unreachable(url: str, exc: httpx.HTTPError) -> UpstreamError:
+    """No answer: 504 when the server was too slow, 502 when it could not be reached at all."""
+    slow = isinstance(exc, httpx.TimeoutException)
+    what = "did not answer in time" if slow else "cannot be reached"
+    return UpstreamError(f"upstream {url} {what}: {type(exc).__name__}: {exc}", 504 if slow else 502)
+
+
+def _refused(url: str, response: httpx.Response) -> UpstreamError:
+    """An error answer: the server's own 4xx is the client's to see; its 5xx is a bad gateway."""
+    status = response.status_code if 400 <= response.status_code < 500 else 502
+    message = f"upstream {url} answered HTTP {response.status_code}: {response.text[:200]}"
+    return UpstreamError(message, status)
 
 
 class OpenAIEngine:
@@ -60,26 +74,24 @@ class OpenAIEngine:
 
     def request(self, method: str, path: str, payload: dict | None = None) -> dict:
         """One API call with retries; the guard proxy forwards whole chat requests through it."""
-        last_error = ""
+        error = UpstreamError("")
         for attempt in range(self.retries + 1):
             try:
                 response = self.client.request(method, path, json=payload)
             except httpx.HTTPError as exc:
-                last_error = f"cannot reach {self.base_url}{path}: {type(exc).__name__}: {exc}"
+                error = _unreachable(f"{self.base_url}{path}", exc)
             else:
                 if response.status_code < 400:
                     try:
                         return response.json()
                     except ValueError:
-                        raise MbiasError(f"{self.base_url}{path} answered with non-JSON content") from None
-                last_error = (
-                    f"{self.base_url}{path} answered HTTP {response.status_code}: {response.text[:200]}"
-                )
+                        raise UpstreamError(f"{self.base_url}{path} answered with non-JSON content") from None
+                error = _refused(f"{self.base_url}{path}", response)
                 if response.status_code not in RETRY_STATUS:
                     break
             if attempt < self.retries:
                 time.sleep(self.backoff * 2**attempt)
-        raise MbiasError(last_error)
+        raise error
 
     def stream_chat(self, payload: dict) -> Iterator[dict]:
         """A streamed chat completion: each Server-Sent Event's JSON chunk, until ``[DONE]``."""
@@ -88,9 +100,7 @@ class OpenAIEngine:
             with self.client.stream("POST", path, json={**payload, "stream": True}) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise MbiasError(
-                        f"{self.base_url}{path} answered HTTP {response.status_code}: {response.text[:200]}"
-                    )
+                    raise _refused(f"{self.base_url}{path}", response)
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -100,9 +110,9 @@ class OpenAIEngine:
                     try:
                         yield json.loads(data)
                     except ValueError:
-                        raise MbiasError(f"{self.base_url}{path} streamed a chunk that is not JSON") from None
+                        raise UpstreamError(f"{self.base_url}{path} streamed a non-JSON chunk") from None
         except httpx.HTTPError as exc:
-            raise MbiasError(f"cannot reach {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+            raise _unreachable(f"{self.base_url}{path}", exc) from None
 
     def _first_model(self) -> str:
         models = self.request("GET", "/models").get("data") or []

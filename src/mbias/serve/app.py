@@ -6,12 +6,13 @@ flagged sentences rewritten (with an ``mbias`` field saying what was done, span 
 ``on_flagged`` says what a guard does with a sentence no candidate fixed: keep the best rewrite
 (``rewrite``), replace the whole answer with a block message (``block``), or let it through
 (``pass``). Operations: ``/healthz``, ``/readyz`` (models loaded and the judge warm), ``/metrics``
-(Prometheus), ``/v1/models``; a full queue answers 503 with Retry-After.
+(Prometheus), ``/v1/models``; a full queue answers 503 with Retry-After, a body over the limit
+413, a request past its deadline 504, and an upstream failure 502 (unreachable, 5xx) or 504 (too
+slow), while the upstream's own 4xx reaches the client as it was.
 """
 
 from __future__ import annotations
 
-import secrets
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,9 +21,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
 
 from mbias.engines.openai import OpenAIEngine
-from mbias.errors import MbiasError
+from mbias.errors import MbiasError, UpstreamError
 from mbias.intervene import Debiaser
 from mbias.serve.batcher import MicroBatcher, Overloaded
+from mbias.serve.limits import (
+    MAX_BODY_BYTES,
+    BodyLimit,
+    DeadlineExceeded,
+    key_accepted,
+    within,
+)
 from mbias.serve.metrics import Metrics
 from mbias.serve.stream import guarded_stream
 
@@ -48,13 +56,17 @@ class DebiasRequest(BaseModel):
 def create_app(
     debiaser: Debiaser,
     upstream: OpenAIEngine | None = None,
-    token: str | None = None,
+    keys: frozenset[str] = frozenset(),
     max_batch: int = 16,
     max_wait_ms: float = 10.0,
     max_queue: int = 0,
     on_flagged: str = "rewrite",
     block_message: str = BLOCK_MESSAGE,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    request_timeout: float | None = 60.0,
 ) -> FastAPI:
+    """The service; ``keys`` are the accepted bearer keys (none: open), ``request_timeout`` the
+    seconds one request may take in mbias and upstream together (None: no deadline)."""
     if on_flagged not in POLICIES:
         raise MbiasError(f"on_flagged must be one of {', '.join(POLICIES)}, not {on_flagged!r}")
     metrics = Metrics()
@@ -78,21 +90,30 @@ def create_app(
     app.state.batcher = batcher
     app.state.ready = False
     app.middleware("http")(metrics.middleware(lambda: batcher.pending))
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     def authorised(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(given, token):
+        if keys and not key_accepted(request.headers.get("authorization", ""), keys):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+    async def debiased(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await within(request_timeout, batcher.submit(records))
 
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
+    @app.exception_handler(DeadlineExceeded)
+    async def too_slow(_: Request, exc: DeadlineExceeded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=504)
+
+    @app.exception_handler(UpstreamError)
+    async def upstream_failed(_: Request, exc: UpstreamError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
     @app.exception_handler(MbiasError)
-    async def user_error(_: Request, exc: MbiasError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=502)
+    async def cannot_serve(_: Request, exc: MbiasError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.get("/healthz")
     @app.get("/health")
@@ -138,7 +159,7 @@ def create_app(
     async def debias(body: DebiasRequest) -> dict[str, Any]:
         texts = [body.text] if body.text is not None else body.texts
         records = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
-        return {"results": await batcher.submit(records)}
+        return {"results": await debiased(records)}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
     async def guard(request: Request) -> Any:
@@ -146,7 +167,12 @@ def create_app(
             raise HTTPException(
                 status_code=404, detail="no upstream LLM: start `mbias serve --upstream openai:URL#MODEL`"
             )
-        payload = await request.json()
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise HTTPException(status_code=400, detail="the request body is not JSON") from None
+        if not isinstance(payload, dict):
+            raise HTTPException(status_code=400, detail="the request body must be a JSON object")
         payload.setdefault("model", upstream.model)
         from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
@@ -155,22 +181,36 @@ def create_app(
                 raise HTTPException(status_code=400, detail="the streaming guard serves n=1 only")
 
             async def check(text: str) -> dict[str, Any]:
-                [record] = await batcher.submit([{"id": "0", "text": text}])
+                [record] = await debiased([{"id": "0", "text": text}])
                 metrics.spans(record.get("spans", []))
                 return record
 
+            chunks = iterate_in_threadpool(upstream.stream_chat(payload))
+            try:  # the upstream answers or fails before a byte leaves: its failure keeps its status
+                first = await within(request_timeout, chunks.__anext__())
+            except StopAsyncIteration:
+                first = None
+
+            async def answer_chunks():
+                if first is not None:
+                    yield first
+                async for piece in chunks:
+                    yield piece
+
             events = guarded_stream(
-                iterate_in_threadpool(upstream.stream_chat(payload)),
+                answer_chunks(),
                 check,
                 lambda record: _apply_policy(record, on_flagged, block_message),
                 on_flagged,
             )
             return StreamingResponse(events, media_type="text/event-stream")
 
-        answer = await run_in_threadpool(upstream.request, "POST", "/chat/completions", payload)
+        answer = await within(
+            request_timeout, run_in_threadpool(upstream.request, "POST", "/chat/completions", payload)
+        )
         choices = answer.get("choices") or []
         texts = [((c.get("message") or {}).get("content") or "") for c in choices]
-        records = await batcher.submit([{"id": str(i), "text": t} for i, t in enumerate(texts)])
+        records = await debiased([{"id": str(i), "text": t} for i, t in enumerate(texts)])
         for choice, record in zip(choices, records):
             choice["message"]["content"] = _apply_policy(record, on_flagged, block_message)
             choice["mbias"] = {k: record[k] for k in ("action", "reason", "spans") if k in record}

@@ -86,7 +86,9 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            items = await self._collect()
+            items = [item for item in await self._collect() if not item[1].done()]
+            if not items:
+                continue  # every caller gave up (deadline passed, client gone): no model time spent
             records = [record for record, _ in items]
             try:
                 results = await loop.run_in_executor(self.executor, self.debiaser.process_batch, records)

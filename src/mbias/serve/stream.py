@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from mbias.errors import MbiasError
+from mbias.errors import MbiasError, UpstreamError
 from mbias.records import Record
 from mbias.segment import split_sentences
 
@@ -92,7 +92,8 @@ async def guarded_stream(
         elif pending:
             yield chunk(pending)
     except MbiasError as exc:
-        yield sse({"error": {"message": str(exc), "type": "upstream_error"}})
+        kind = "upstream_error" if isinstance(exc, UpstreamError) else "guard_error"
+        yield sse({"error": {"message": str(exc), "type": kind}})
     action = "flagged" if "flagged" in actions else "rewritten" if "rewritten" in actions else "kept"
     yield chunk(None, "stop", mbias={"action": action, "spans": spans, "policy": on_flagged})
     yield sse("[DONE]")
