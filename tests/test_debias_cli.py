@@ -96,7 +96,7 @@ def test_resume_after_killed_run_loses_and_duplicates_nothing(tmp_path, engine):
         ("a,b\n1,2\n", ["--input", "{tmp}/in.csv", "--column", "text"], "no column 'text'"),
         (b"text\n\xc3\x28 bad\n", ["--input", "{tmp}/in.csv"], "not UTF-8"),
         (None, ["--engine", "warp:drive", "hello"], "unknown engine scheme"),
-        (None, ["--engine", "openai:http://127.0.0.1:9/v1#m", "hello"], "cannot reach"),
+        (None, ["--engine", "openai:http://127.0.0.1:9/v1#m", "hello"], "cannot be reached"),
         (None, ["hello", "--input", "x.csv"], "either a TEXT"),
         (None, [""], "empty"),
     ],

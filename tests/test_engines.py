@@ -56,7 +56,7 @@ def test_openai_engine_unreachable_server_is_one_line_error():
     from mbias.serve.background import free_port
 
     port = free_port()  # nothing listens there
-    with pytest.raises(MbiasError, match="cannot reach") as info:
+    with pytest.raises(MbiasError, match="cannot be reached") as info:
         load_engine(f"openai:http://127.0.0.1:{port}/v1#m", retries=1, backoff=0.01).generate(["x"])
     assert "\n" not in str(info.value)
 

@@ -201,7 +201,7 @@ def test_unreachable_judge_is_a_one_line_error(tmp_path):
     )
     assert result.returncode == 2
     assert (
-        "LLM judge" in result.stderr and "cannot reach" in result.stderr and "Traceback" not in result.stderr
+        "LLM judge" in result.stderr and "cannot be reached" in result.stderr and "Traceback" not in result.stderr
     )
     errors = [line for line in result.stderr.splitlines() if line.startswith("mbias: error:")]
     assert (
