@@ -203,3 +203,34 @@ def test_records_keep_extra_fields_through_debias():
     [out] = debiaser.debias([{"id": "7", "text": "angry words", "group": "women"}])
     assert out["group"] == "women" and out["id"] == "7"
     json.dumps(out)
+
+
+def test_profile_charges_each_second_to_the_innermost_stage():
+    import time
+
+    from mbias import profile
+
+    profile.reset()
+    with profile.stage("outer"):
+        time.sleep(0.05)
+        with profile.stage("inner"):
+            time.sleep(0.1)
+        time.sleep(0.05)
+    with profile.stage("inner"):
+        pass
+    seen = profile.snapshot()
+    assert seen["inner"][1] == 2 and seen["outer"][1] == 1
+    assert 0.09 < seen["inner"][0] < 0.2 and 0.09 < seen["outer"][0] < 0.2  # outer excludes inner
+    profile.reset()
+    assert profile.snapshot() == {}
+
+
+def test_the_debiaser_times_its_stages():
+    from mbias import profile
+
+    profile.reset()
+    debiaser = Debiaser(ScriptedEngine(["a calm rewrite"]), judge=FixedJudge(), prompt_style="mbias")
+    debiaser.debias(["you idiot. The printer is slow."])
+    stages = profile.snapshot()
+    assert {"segment", "screen", "generate", "verify", "splice"} <= set(stages)
+    assert stages["generate"][1] == 1  # one engine call for the batch

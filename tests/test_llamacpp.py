@@ -270,6 +270,27 @@ def test_batch_equals_one_at_a_time(engine, fewshot_prompts):
 
 @needs_llama
 @pytest.mark.integration
+def test_continuous_batching_answers_every_prompt_once_in_order(engine):
+    """More prompts than rows (and than the cache holds at once): waiting rows take the slots of
+    finished ones mid-batch, and every answer is the one the prompt gets alone, in input order."""
+    from mbias import profile
+    from mbias.engines.llamacpp import LlamaCppEngine
+
+    texts = [*TEXTS, "The meeting moved to Tuesday.", "Lazy people like you never finish anything."]
+    prompts = [render(t, "mbias") for t in texts] + [render(TEXTS[0], "mbias")]  # a repeat, answered twice
+    alone = [engine.generate([p], max_new_tokens=20)[0] for p in prompts]
+    budget = max(len(engine.tokenizer.encode(p)) for p in prompts) + 20
+    few_rows = LlamaCppEngine("gguf:gemma-3-270m", max_rows=3)
+    small_cache = LlamaCppEngine("gguf:gemma-3-270m", n_ctx=2 * budget)  # about two rows at a time
+    for narrow in (few_rows, small_cache):
+        profile.reset()
+        assert narrow.generate(prompts, max_new_tokens=20) == alone
+        assert profile.tallies()["new tokens"] <= 20 * len(prompts)
+    assert alone[-1] == alone[0] and len({a[0] for a in alone}) > 3
+
+
+@needs_llama
+@pytest.mark.integration
 def test_rows_stop_at_stop_strings(engine, fewshot_prompts):
     """The few-shot base model goes on to a new "Text:" turn; each row is cut where that starts."""
     out = engine.generate(fewshot_prompts, max_new_tokens=48)

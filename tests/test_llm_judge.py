@@ -200,9 +200,8 @@ def test_unreachable_judge_is_a_one_line_error(tmp_path):
         text=True,
     )
     assert result.returncode == 2
-    assert (
-        "LLM judge" in result.stderr and "cannot be reached" in result.stderr and "Traceback" not in result.stderr
-    )
+    assert "LLM judge" in result.stderr and "cannot be reached" in result.stderr
+    assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("mbias: error:")]
     assert (
         len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]

@@ -22,6 +22,7 @@ from mbias import config
 from mbias.engines import Engine, load_engine
 from mbias.errors import MbiasError
 from mbias.judges import Judge, load_judge
+from mbias.profile import stage
 from mbias.prompts import Context, clean_output, is_refusal, render
 from mbias.records import Record, texts_to_records
 
@@ -108,9 +109,10 @@ class Debiaser:
         settings: DebiasSettings | None = None,
     ):
         entry = config.resolve(engine if isinstance(engine, str) else config.default_engine_spec())
-        self.engine: Engine = (
-            engine if engine is not None and not isinstance(engine, str) else load_engine(entry.spec)
-        )
+        with stage("load"):
+            self.engine: Engine = (
+                engine if engine is not None and not isinstance(engine, str) else load_engine(entry.spec)
+            )
         self.prompt_style = prompt_style or entry.prompt_style
         if isinstance(judge, str):  # "default" (MBIAS_JUDGE, else embedded), "none", or a spec
             judge = config.default_judge("" if judge == "default" else judge)
@@ -177,25 +179,28 @@ class Debiaser:
         out = [dict(r) for r in batch]
         per_record: list[list[Unit]] = []
         todo: list[Unit] = []
-        for record in out:
-            units = [] if not (record.get("text") or "").strip() else self.units(record)
-            per_record.append(units)
-            for unit in units:
-                try:
-                    unit.tokens = self.check_length(unit.text)
-                    todo.append(unit)
-                except InputTooLong as exc:
-                    unit.action, unit.reason = "flagged", str(exc)
+        with stage("segment"):
+            for record in out:
+                units = [] if not (record.get("text") or "").strip() else self.units(record)
+                per_record.append(units)
+                for unit in units:
+                    try:
+                        unit.tokens = self.check_length(unit.text)
+                        todo.append(unit)
+                    except InputTooLong as exc:
+                        unit.action, unit.reason = "flagged", str(exc)
         if todo and self.judge is not None:
-            todo = self._screen(todo)
+            with stage("screen"):
+                todo = self._screen(todo)
         for unit in todo:
             if not unit.rewritable and self.judge is not None:  # judged unsafe, but it cannot be rewritten
                 unit.action, unit.reason = "flagged", REASON_PROTECTED
         todo = [u for u in todo if u.rewritable]
         if todo:
             self._rewrite(todo)
-        for record, units in zip(out, per_record):
-            self._finish(record, units)
+        with stage("splice"):
+            for record, units in zip(out, per_record):
+                self._finish(record, units)
         return out
 
     def _screen(self, todo: list[Unit]) -> list[Unit]:
@@ -218,15 +223,22 @@ class Debiaser:
         tokenizer = getattr(self.engine, "tokenizer", None)
         prompts = [render(u.text, self.prompt_style, tokenizer, context=u.context) for u in todo]
         budget = self._budget(todo)
-        raw = self.engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
+        with stage("generate"):
+            raw = self.engine.generate(
+                prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates
+            )
         tried = [[clean_output(o, u.text) for o in outputs] for u, outputs in zip(todo, raw)]
         self._choose(todo, tried)
         failed = [i for i, u in enumerate(todo) if u.reason in RETRIED_REASONS]
         if not failed or s.retries < 1:
             return
-        raw = self.engine.generate(
-            [prompts[i] for i in failed], max_new_tokens=budget, temperature=s.retry_temperature, n=s.retries
-        )
+        with stage("generate"):
+            raw = self.engine.generate(
+                [prompts[i] for i in failed],
+                max_new_tokens=budget,
+                temperature=s.retry_temperature,
+                n=s.retries,
+            )
         for i in failed:
             todo[i].retried = True
         self._choose(
@@ -249,8 +261,9 @@ class Debiaser:
         pairs = [(unit, c) for unit, ok in zip(units, usable) for c in ok]
         if not pairs:
             return
-        scores = self.judge.score([c for _, c in pairs])
-        similarity = self.judge.similarity([u.text for u, _ in pairs], [c for _, c in pairs])
+        with stage("verify"):
+            scores = self.judge.score([c for _, c in pairs])
+            similarity = self.judge.similarity([u.text for u, _ in pairs], [c for _, c in pairs])
         ranked: dict[int, list[tuple[str, dict[str, float], float]]] = {}
         for (unit, candidate), score, sim in zip(pairs, scores, similarity):
             ranked.setdefault(id(unit), []).append((candidate, score, sim))

@@ -13,6 +13,7 @@ from mbias import config
 from mbias.commands.common import Retries, console, default_output, gather_inputs, progress_bar, rate_text
 from mbias.commands.explain import explain_record
 from mbias.intervene import GRANULARITIES, Debiaser, DebiasSettings
+from mbias.profile import stage
 from mbias.records import RecordWriter, iter_pending
 
 SHOWN_FIELDS = ("id", "text", "rewrite", "action", "reason", "toxicity", "bias", "similarity", "spans")
@@ -51,6 +52,9 @@ def debias(
     ] = False,
     format: Annotated[str, typer.Option("--format", help="text or json (for TEXT and stdin).")] = "text",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted --output file.")] = False,
+    profile: Annotated[
+        bool, typer.Option(help="At the end, print where the time went, stage by stage (to stderr).")
+    ] = False,
 ) -> None:
     """Rewrite biased or toxic text into a safe version that keeps its main information.
 
@@ -59,7 +63,9 @@ def debias(
     """
     if granularity not in GRANULARITIES:
         raise typer.BadParameter(f"choose one of {', '.join(GRANULARITIES)}", param_hint="--granularity")
-    records = gather_inputs(text, input, column, format)
+    started = time.perf_counter()
+    with stage("read"):
+        records = gather_inputs(text, input, column, format)
     settings = DebiasSettings(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
@@ -89,8 +95,28 @@ def debias(
                     typer.echo(json.dumps(shown, ensure_ascii=False))
                 else:
                     typer.echo(record["rewrite"])
-        return
-    _debias_file(debiaser, records, output or str(default_output(input, "debiased")), resume, explain)
+    else:
+        _debias_file(debiaser, records, output or str(default_output(input, "debiased")), resume, explain)
+    if profile:
+        print_profile(time.perf_counter() - started)
+
+
+def print_profile(wall: float) -> None:
+    """Seconds per stage (exclusive: a stage's nested stages are not counted in it) and share of
+    the command's time; what no stage covers is the command's own bookkeeping."""
+    from rich.table import Table
+
+    from mbias.profile import snapshot
+
+    stages = sorted(snapshot().items(), key=lambda item: -item[1][0])
+    table = Table(title=f"where {wall:.2f} s went (after imports)")
+    for column in ("stage", "seconds", "share", "calls"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for name, (seconds, calls) in stages:
+        table.add_row(name, f"{seconds:.3f}", f"{seconds / wall:.1%}", str(calls))
+    other = wall - sum(seconds for seconds, _ in snapshot().values())
+    table.add_row("other", f"{other:.3f}", f"{other / wall:.1%}", "")
+    console.print(table)
 
 
 def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: bool, explain: bool) -> None:
@@ -104,10 +130,11 @@ def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: b
             task = progress.add_task("debias", total=len(pending), rate="")
             done = 0
             for batch in debiaser.stream(pending):
-                for record in batch:
-                    writer.write(record)
-                    if explain and record.get("spans"):
-                        explain_record(record)
+                with stage("write"):
+                    for record in batch:
+                        writer.write(record)
+                        if explain and record.get("spans"):
+                            explain_record(record)
                     counts[record["action"]] = counts.get(record["action"], 0) + 1
                 done += len(batch)
                 progress.update(task, advance=len(batch), rate=rate_text(done, time.perf_counter() - start))

@@ -2,7 +2,8 @@
 
 The high-level ``llama_cpp.Llama`` decodes one sequence at a time, so this engine drives the
 low-level batch API: every row (prompt x candidate) is its own sequence in one unified KV cache,
-and each ``llama_decode`` advances all unfinished rows by one token. The prompt prefix that rows
+and each ``llama_decode`` advances all unfinished rows by one token; when a row finishes, a waiting
+one starts in its place (continuous batching). The prompt prefix that rows
 share (the MBIAS instruction, the few-shot block) is evaluated once in sequence 0 and its KV
 cells are copied to the other rows; it also stays cached between calls, so the next batch only
 evaluates what differs. LoRA adapters load beside the base as GGUF files
@@ -25,6 +26,7 @@ from typing import Any
 from mbias.engines.draft_head import ExactHead, cached_draft_gguf
 from mbias.engines.packaged import is_packaged, packaged_gguf
 from mbias.errors import MbiasError
+from mbias.profile import stage, tally
 from mbias.prompts import STOP_STRINGS
 
 # Sampling when candidates are asked for: the same nucleus the transformers engine uses.
@@ -175,7 +177,8 @@ class LlamaCppEngine:
     """Batched generation with llama.cpp; greedy unless a temperature or n > 1 asks to sample.
 
     ``n_ctx`` is the KV cache shared by all rows of one batch (prompt prefix once, then each row's
-    own tokens and answer); ``max_rows`` rows decode together, more are processed in turn;
+    own tokens and answer); ``max_rows`` rows decode together, and a waiting row takes the slot of
+    the first one to finish (continuous batching);
     ``threads`` defaults to :func:`idle_cores`; ``seed`` makes sampled candidates repeatable;
     ``draft_head`` (default on where the model allows it) picks tokens through the draft head.
     """
@@ -207,7 +210,7 @@ class LlamaCppEngine:
         if not model:
             raise MbiasError(f"llama.cpp cannot load {weights}{_reason()}")
         params = llama.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, 512, 512, max_rows
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, 512, 512, max_rows + 1
         params.n_threads = params.n_threads_batch = threads or idle_cores()
         params.kv_unified = True  # one cache: the shared prefix's cells serve every row
         params.no_perf = True
@@ -258,36 +261,19 @@ class LlamaCppEngine:
         self, prompts: list[str], *, max_new_tokens: int = 128, temperature: float = 0.0, n: int = 1
     ) -> list[list[str]]:
         sample = temperature > 0 or n > 1
-        rows = [tokens for p in prompts for tokens in [self.tokenizer.encode(p)] * n]
-        texts: list[str] = []
-        with self._lock:
-            for group in self._groups(rows, max_new_tokens):
-                texts += self._run(
-                    group, max_new_tokens, (temperature or DEFAULT_TEMPERATURE) if sample else 0.0
-                )
-        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
-
-    # -- batching ------------------------------------------------------------------------------
-    def _groups(self, rows: list[list[int]], max_new_tokens: int) -> list[list[list[int]]]:
-        """Consecutive rows packed so each group fits the rows limit and the shared KV cache."""
-        groups: list[list[list[int]]] = []
-        group: list[list[int]] = []
-        shared = 0
+        with stage("tokenize"):
+            rows = [tokens for p in prompts for tokens in [self.tokenizer.encode(p)] * n]
         for row in rows:
             if len(row) + max_new_tokens > self.n_ctx:
                 raise MbiasError(
                     f"prompt of {len(row)} tokens + {max_new_tokens} new ones exceeds the llamacpp "
                     f"context of {self.n_ctx} tokens"
                 )
-            new_shared = min(shared, common_prefix(group[0], row), len(row) - 1) if group else len(row) - 1
-            cells = new_shared + sum(len(r) - new_shared + max_new_tokens for r in [*group, row])
-            if group and (len(group) == self.max_rows or cells > self.n_ctx):
-                groups.append(group)
-                group, new_shared = [], len(row) - 1
-            group.append(row)
-            shared = new_shared
-        return [*groups, group] if group else groups
+        with self._lock:
+            texts = self._run(rows, max_new_tokens, (temperature or DEFAULT_TEMPERATURE) if sample else 0.0)
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
+    # -- batching ------------------------------------------------------------------------------
     def _decode(self, entries: list[tuple[int, int, int, bool]]) -> Any:
         """Feed (token, position, sequence, wants logits) entries; the logits rows, in entry order.
 
@@ -351,38 +337,68 @@ class LlamaCppEngine:
         self._cached = prefix
 
     def _run(self, rows: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
+        """Continuous batching: up to ``max_rows`` rows decode together, and the moment one stops,
+        the next waiting row takes its sequence slot in the same decode step, so the batch stays
+        full instead of draining to its longest row. Sequence 0 holds the prefix every row shares
+        (evaluated once, kept for the next call); a row starts from a copy of those cells. A row
+        reserves the cells its prompt and answer may need, so the cache never overflows."""
         shared = min(len(r) for r in rows) - 1  # every row keeps >= 1 own token to get logits from
         for row in rows[1:]:
             shared = min(shared, common_prefix(rows[0], row))
-        self._prepare_prefix(rows[0][:shared])
-        for seq in range(1, len(rows)):
-            self._llama.llama_memory_seq_cp(self._memory, 0, seq, -1, -1)
-        logits = self._decode(
-            [
-                (token, shared + i, seq, i == len(row) - shared - 1)
-                for seq, row in enumerate(rows)
-                for i, token in enumerate(row[shared:])
-            ]
-        )
-        active = list(range(len(rows)))
+        tally("prompt tokens", sum(len(r) for r in rows))
+        tally("prompt tokens evaluated", shared - common_prefix(self._cached, rows[0][:shared]))
+        with stage("prefill"):
+            self._prepare_prefix(rows[0][:shared])
+        llama, memory = self._llama, self._memory
+        waiting = deque(range(len(rows)))
+        free = list(range(self.max_rows, 0, -1))  # sequence ids 1..max_rows; 0 is the prefix
+        row_of: dict[int, int] = {}  # slot -> row
+        reserved = {i: len(r) - shared + max_new_tokens for i, r in enumerate(rows)}
+        room = self.n_ctx - shared
         positions = [len(r) for r in rows]
+        picked = [0] * len(rows)
         generated: list[bytes] = [b""] * len(rows)
         texts = [""] * len(rows)
-        for step in range(max_new_tokens):
-            tokens = self._pick(logits, temperature)
-            feed = []
-            for seq, token in zip(active, tokens.tolist()):
-                if self._llama.llama_vocab_is_eog(self._vocab, token):
-                    continue
-                generated[seq] += self._piece(token)
-                texts[seq], stopped = cut_at_stop(generated[seq].decode("utf-8", "replace"))
-                if not stopped and step + 1 < max_new_tokens:
-                    feed.append((token, positions[seq], seq, True))
-                    positions[seq] += 1
+        feed: list[tuple[int, int, int, bool]] = []
+
+        def finish(slot: int) -> None:
+            nonlocal room
+            room += reserved[row_of.pop(slot)]
+            llama.llama_memory_seq_rm(memory, slot, -1, -1)
+            free.append(slot)
+
+        while True:
+            starting = 0
+            while waiting and free and reserved[waiting[0]] <= room:
+                row = waiting.popleft()
+                slot = free.pop()
+                row_of[slot], room = row, room - reserved[row]
+                llama.llama_memory_seq_rm(memory, slot, -1, -1)  # nothing left from a failed call
+                llama.llama_memory_seq_cp(memory, 0, slot, -1, -1)
+                own = rows[row][shared:]
+                feed += [(token, shared + i, slot, i == len(own) - 1) for i, token in enumerate(own)]
+                starting += len(own)
             if not feed:
                 break
-            active = [seq for _, _, seq, _ in feed]
-            logits = self._decode(feed)
+            tally("prompt tokens evaluated", starting)
+            with stage("prefill" if starting else "decode"):
+                logits = self._decode(feed)
+                tokens = self._pick(logits, temperature).tolist()
+            tally("new tokens", len(tokens))
+            slots, feed = [slot for _, _, slot, wanted in feed if wanted], []
+            for slot, token in zip(slots, tokens):
+                row = row_of[slot]
+                picked[row] += 1
+                if llama.llama_vocab_is_eog(self._vocab, token):
+                    finish(slot)
+                    continue
+                generated[row] += self._piece(token)
+                texts[row], stopped = cut_at_stop(generated[row].decode("utf-8", "replace"))
+                if stopped or picked[row] >= max_new_tokens:
+                    finish(slot)
+                    continue
+                feed.append((token, positions[row], slot, True))
+                positions[row] += 1
         return texts
 
     def _pick(self, logits: Any, temperature: float) -> Any:

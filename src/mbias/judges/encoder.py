@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mbias.profile import stage
+
 ENCODER_NAME = "all-MiniLM-L6-v2"
 BATCH_SIZE = 64
 
@@ -29,13 +31,14 @@ def model_dir() -> Path:
 @functools.cache
 def load_encoder() -> tuple[Any, Any, int]:
     """(tokenizer, model, max tokens) on CPU, from the package's local directory."""
-    from transformers import AutoModel, AutoTokenizer
+    with stage("load"):
+        from transformers import AutoModel, AutoTokenizer
 
-    directory = model_dir()
-    settings = directory / "sentence_bert_config.json"
-    max_length = json.loads(settings.read_text())["max_seq_length"] if settings.exists() else 256
-    model = AutoModel.from_pretrained(str(directory)).eval()
-    return AutoTokenizer.from_pretrained(str(directory)), model, max_length
+        directory = model_dir()
+        settings = directory / "sentence_bert_config.json"
+        max_length = json.loads(settings.read_text())["max_seq_length"] if settings.exists() else 256
+        model = AutoModel.from_pretrained(str(directory)).eval()
+        return AutoTokenizer.from_pretrained(str(directory)), model, max_length
 
 
 def encode(texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
