@@ -245,6 +245,35 @@ def test_similarity_of_identical_text_is_one_and_unrelated_lower():
 
 
 @pytest.mark.integration
+def test_onnx_encoder_gives_the_transformers_models_vectors_without_importing_torch():
+    """The runtime path (ONNX Runtime + tokenizers) against the packaged weights run in transformers
+    with the model's recipe (mean pooling, unit length, 256 tokens), in a fresh process that must
+    not import torch or transformers to embed."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from mbias.judges.encoder import encode, model_dir
+
+    texts = ["Old people are slow with computers.", "The library opens at nine.", "Hi", "word " * 400]
+    directory = str(model_dir())
+    tokenizer, model = AutoTokenizer.from_pretrained(directory), AutoModel.from_pretrained(directory).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    assert np.abs(encode(texts) - expected).max() < 1e-5
+    probe = "import sys; from mbias.judges.encoder import encode; encode(['hi']); "
+    probe += "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert imported.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.integration
 def test_encoder_vectors_do_not_depend_on_batching_or_padding():
     """Texts are sorted by length into batches and padded: neither may change a vector or its row."""
     import numpy as np
