@@ -234,3 +234,32 @@ def test_the_debiaser_times_its_stages():
     stages = profile.snapshot()
     assert {"segment", "screen", "generate", "verify", "splice"} <= set(stages)
     assert stages["generate"][1] == 1  # one engine call for the batch
+
+
+class _FailsOn(ScriptedEngine):
+    """Raises on any batch holding a prompt with ``poison`` in it (every batch when it is empty)."""
+
+    def __init__(self, poison: str):
+        super().__init__(["please fix the printer"])
+        self.poison = poison
+
+    def generate(self, prompts, **kwargs):
+        if any(self.poison in p for p in prompts):
+            raise RuntimeError(f"decode failed on {self.poison!r}")
+        return super().generate(prompts, **kwargs)
+
+
+def test_a_record_that_fails_alone_is_flagged_and_the_rest_of_its_batch_is_rewritten():
+    debiaser = Debiaser(_FailsOn("POISON"), judge=FixedJudge(), prompt_style="mbias")
+    texts = ["you idiot fix the printer", "idiot POISON", "the printer is slow", "idiot fix the printer"]
+    records = debiaser.debias(texts)
+    assert [r["text"] for r in records] == texts  # order and every row kept
+    assert [r["action"] for r in records] == ["rewritten", "flagged", "kept", "rewritten"]
+    assert records[1]["rewrite"] == texts[1]  # nothing lost: the original text comes back
+    assert records[1]["reason"] == "error: RuntimeError: decode failed on 'POISON'"
+
+
+def test_an_engine_that_fails_on_everything_stops_the_job():
+    debiaser = Debiaser(_FailsOn(""), judge=FixedJudge(), prompt_style="mbias")
+    with pytest.raises(RuntimeError, match="decode failed"):
+        debiaser.debias(["you idiot, fix it", "another idiot"])

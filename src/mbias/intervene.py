@@ -176,6 +176,33 @@ class Debiaser:
             yield self.process_batch(records[start : start + size])
 
     def process_batch(self, batch: list[Record]) -> list[Record]:
+        """The batch's records, finished, in input order. When the batch fails, each record is tried
+        alone: a record that fails by itself comes back unchanged and flagged with the error as its
+        reason, so one bad row stops no job and loses no text. When every record fails alone the
+        fault is not theirs (the engine or the judge is down) and the first error goes to the
+        caller."""
+        try:
+            return self._process(batch)
+        except Exception as first:
+            if len(batch) == 1:
+                raise
+            results: list[Record] = []
+            failures = 0
+            for record in batch:
+                try:
+                    results.extend(self._process([record]))
+                except Exception as exc:
+                    failures += 1
+                    reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    text = record.get("text") or ""
+                    results.append(
+                        {**record, "rewrite": text, "action": "flagged", "reason": reason, "spans": []}
+                    )
+            if failures == len(batch):
+                raise first
+            return results
+
+    def _process(self, batch: list[Record]) -> list[Record]:
         out = [dict(r) for r in batch]
         per_record: list[list[Unit]] = []
         todo: list[Unit] = []
