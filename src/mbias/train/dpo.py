@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mbias.prompts import training_text
+from mbias.train.arguments import training_arguments
 from mbias.train.config import TrainConfig
 from mbias.train.data import REJECTED, Pair, pair_context
 
@@ -30,8 +31,6 @@ def to_preference_examples(pairs: list[Pair], style: str) -> list[dict[str, str]
 
 def dpo_config(config: TrainConfig, output: Path, has_eval: bool) -> Any:
     from trl import DPOConfig
-
-    from mbias.train.sft import training_arguments
 
     losses = ["sigmoid"] + (["sft"] if config.dpo_sft_weight > 0 else [])
     return DPOConfig(
