@@ -102,6 +102,21 @@ def run_job(records: list[dict], engine: str, judge: str, batch_size: int) -> di
     return result
 
 
+def batch_equality(records: list[dict], engine: str, count: int) -> tuple[int, int]:
+    """(rows whose greedy rewrite differs, rows compared): the engine on ``count`` prompts as one
+    batch against the same prompts one at a time."""
+    from mbias.config import resolve
+    from mbias.engines import load_engine
+    from mbias.prompts import render
+
+    entry = resolve(engine)
+    model = load_engine(entry.spec)
+    prompts = [render(r["text"], entry.prompt_style, model.tokenizer) for r in records[:count]]
+    batched = model.generate(prompts, max_new_tokens=48)
+    alone = [model.generate([p], max_new_tokens=48)[0] for p in prompts]
+    return sum(a != b for a, b in zip(batched, alone)), len(prompts)
+
+
 def report(name: str, result: dict, gflops: float, params: float) -> None:
     loop, texts = result["loop"], result["texts"]
     stages = sorted(result["stages"].items(), key=lambda item: -item[1][0])
@@ -143,6 +158,7 @@ def main() -> None:
     parser.add_argument("--judge", default="embedded")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--params", type=float, default=268e6, help="the rewriter's parameter count")
+    parser.add_argument("--equal", type=int, default=16, help="prompts checked batched vs one at a time")
     parser.add_argument("--out")
     args = parser.parse_args()
     gflops = matmul_gflops()
@@ -152,6 +168,10 @@ def main() -> None:
     for name in args.workloads.split(","):
         results[name] = run_job(makers[name](), args.engine, args.judge, args.batch_size)
         report(name, results[name], gflops, args.params)
+    if args.equal:
+        differ, compared = batch_equality(short_texts(args.texts), args.engine, args.equal)
+        print(f"\ngreedy rewrites that differ between one batch and one at a time: {differ} of {compared}")
+        results["batch_equality"] = {"differ": differ, "compared": compared}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"gflops": gflops, **vars(args), "results": results}, indent=1))
