@@ -24,6 +24,8 @@ benchmarks/human_read.py is its independent check.
     python benchmarks/quality.py --engines llamacpp --product --retries 4 --no-baseline --out p.json
     python benchmarks/quality.py --engines llamacpp --product --granularities auto,text --no-baseline \
         --out g.json
+    python benchmarks/quality.py --engines llamacpp --adapter src/mbias/assets/mbias-270m-adapter \
+        --adapter src/mbias/assets/mbias-1.5b-adapter --limit 60 --out tiers.json   # both tiers
 """
 
 from __future__ import annotations
@@ -114,6 +116,17 @@ def engine_spec(engine: str, base: str, adapter: Path | None) -> str:
     return base + (f"+adapter:{adapter}" if adapter else "")
 
 
+def baseline_style(base: str) -> str:
+    """How an untrained base is prompted: its registry entry's style (few-shot for gemma-3-270m,
+    its chat template for the instruct 1.5B), few-shot for any other."""
+    from mbias.config import registry
+
+    for entry in registry().values():
+        if "+" not in entry.spec and entry.spec.endswith(base.removeprefix("hf:")):
+            return entry.prompt_style
+    return "fewshot"
+
+
 def rewrite(debiaser: Any, texts: list[str]) -> tuple[list[str], float]:
     """The model's rewrite of each text ('' when it gave nothing usable), and seconds taken."""
     from mbias.intervene import REASON_NO_REWRITE
@@ -186,7 +199,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--adapter", default=str(DEFAULT_ADAPTER), help="adapter dir (default: the shipped one)"
+        "--adapter",
+        action="append",
+        help="adapter dir (default: the shipped one); repeat to compare tiers side by side in one run",
     )
     parser.add_argument(
         "--base", default=None, help="base spec (default: from the adapter's train_config.json)"
@@ -210,38 +225,46 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="JSON file for the figures")
     args = parser.parse_args()
 
-    adapter = Path(args.adapter)
-    if not (adapter / "adapter_config.json").exists():
-        raise MbiasError(f"{adapter}: no adapter_config.json (train one with mbias train, or pass --adapter)")
-    trained = adapter_settings(adapter)
-    base = args.base or trained["base"]
+    adapters = [Path(a) for a in args.adapter or [str(DEFAULT_ADAPTER)]]
+    for adapter in adapters:
+        if not (adapter / "adapter_config.json").exists():
+            raise MbiasError(f"{adapter}: no adapter_config.json (train one, or pass --adapter)")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    style = trained["prompt_style"]
     judge = load_judge("embedded")
     systems = {}
-    for granularity in [g.strip() for g in args.granularities.split(",") if g.strip()]:
-        suffix = "" if granularity == "auto" else f", granularity {granularity}"
-        # with no judge: every text rewritten
-        model_only = DebiasSettings(batch_size=args.batch_size, retries=0, granularity=granularity)
-        for e in engines:
-            systems[f"adapter ({style}, {e}{suffix})"] = (
-                engine_spec(e, base, adapter),
-                style,
-                None,
-                model_only,
-            )
-        if args.product:
-            product = DebiasSettings(
-                batch_size=args.batch_size, retries=args.retries, granularity=granularity
-            )
-            name = (
-                f"product: screen {product.screen_margin}, retries {product.retries} ({engines[0]}{suffix})"
-            )
-            systems[name] = (engine_spec(engines[0], base, adapter), style, judge, product)
-    if not args.no_baseline:
-        systems[f"base (fewshot, {engines[0]})"] = (
+    bases = []
+    for adapter in adapters:
+        trained = adapter_settings(adapter)
+        base, style = args.base or trained["base"], trained["prompt_style"]
+        bases += [base] if base not in bases else []
+        label = f"{adapter.name}: " if len(adapters) > 1 else ""
+        for granularity in [g.strip() for g in args.granularities.split(",") if g.strip()]:
+            suffix = "" if granularity == "auto" else f", granularity {granularity}"
+            # with no judge: every text rewritten
+            model_only = DebiasSettings(batch_size=args.batch_size, retries=0, granularity=granularity)
+            for e in engines:
+                systems[f"{label}adapter ({style}, {e}{suffix})"] = (
+                    engine_spec(e, base, adapter),
+                    style,
+                    None,
+                    model_only,
+                )
+            if args.product:
+                product = DebiasSettings(
+                    batch_size=args.batch_size, retries=args.retries, granularity=granularity
+                )
+                name = f"{label}product: screen {product.screen_margin}, retries {product.retries} "
+                systems[name + f"({engines[0]}{suffix})"] = (
+                    engine_spec(engines[0], base, adapter),
+                    style,
+                    judge,
+                    product,
+                )
+    for base in [] if args.no_baseline else bases:
+        style = baseline_style(base)
+        systems[f"base {base.removeprefix('hf:gguf:')} ({style}, {engines[0]})"] = (
             engine_spec(engines[0], base, None),
-            "fewshot",
+            style,
             None,
             DebiasSettings(batch_size=args.batch_size, retries=0),
         )
@@ -265,8 +288,8 @@ def main() -> None:
     print(table(results))
     report = {
         "machine": machine(),
-        "adapter": str(adapter),
-        "base": base,
+        "adapters": [str(a) for a in adapters],
+        "bases": bases,
         "engines": engines,
         "limit": args.limit,
         "results": results,
