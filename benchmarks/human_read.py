@@ -23,30 +23,31 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-REFERENCE = "reference"
+from mbias.eval.reading import REFERENCE, read_labels, write_rows
 
 
 def _engine(adapter: str):
-    """The shipped engine kind (llama.cpp, or transformers without the extra) with ``adapter``."""
+    """The shipped engine kind (llama.cpp, or transformers without the extra) with ``adapter`` on the
+    base it was trained on, and the prompt style it learned."""
     import importlib.util
 
-    from mbias.config import gguf_spec
+    from mbias.config import gguf_spec, resolve
     from mbias.engines import load_engine
+    from mbias.engines.packaged import adapter_base
 
     kind = "llamacpp" if importlib.util.find_spec("llama_cpp") else "hf"
-    return load_engine(gguf_spec(kind, adapter=adapter))
+    entry = resolve(gguf_spec(kind, gguf=adapter_base(adapter), adapter=adapter))
+    return load_engine(entry.spec), entry.prompt_style
 
 
 def rewrites(adapter: str, texts: list[str]) -> list[str]:
     """Greedy rewrites: the model alone."""
     from mbias.prompts import clean_output, render
 
-    outputs = _engine(adapter).generate([render(t, "mbias") for t in texts], max_new_tokens=96)
+    engine, style = _engine(adapter)
+    outputs = engine.generate([render(t, style, engine.tokenizer) for t in texts], max_new_tokens=96)
     return [clean_output(o[0], t) for o, t in zip(outputs, texts)]
 
 
@@ -55,13 +56,14 @@ def product_rewrites(adapter: str, texts: list[str], retries: int) -> list[str]:
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.judges import load_judge
 
+    engine, style = _engine(adapter)
     settings = DebiasSettings(retries=retries)
-    debiaser = Debiaser(_engine(adapter), judge=load_judge("embedded"), settings=settings)
+    debiaser = Debiaser(engine, judge=load_judge("embedded"), prompt_style=style, settings=settings)
     return [r["rewrite"] for r in debiaser.debias(texts)]
 
 
 def sheet(args: argparse.Namespace) -> None:
-    from quality import dev_splits
+    from mbias.eval.dev import dev_splits
 
     _, texts, references = dev_splits(args.pool)[args.split]
     picks = sorted(random.Random(args.seed).sample(range(len(texts)), min(args.n, len(texts))))
@@ -78,39 +80,6 @@ def sheet(args: argparse.Namespace) -> None:
         for text, candidate in zip(texts, outputs):
             rows.setdefault((text, candidate), []).append(name)
     write_rows(rows, Path(args.out), split=args.split, n=len(texts), seed=args.seed, labels=args.labels)
-
-
-def write_rows(
-    rows: dict[tuple[str, str], list[str]],
-    out: Path,
-    *,
-    split: str,
-    n: int,
-    seed: int,
-    labels: list[str] = (),
-) -> None:
-    """The sheet (shuffled, systems hidden) and its key; rows labelled in ``labels`` come pre-filled."""
-    known = {k: v["unsafe"] for k, v in read_labels(list(labels)).items()}
-    order = list(rows)
-    random.Random(seed + 1).shuffle(order)
-    with out.open("w") as file:
-        for text, candidate in order:
-            row = {"text": text, "candidate": candidate, "unsafe": known.get((text, candidate))}
-            file.write(json.dumps(row, ensure_ascii=False) + "\n")
-    key = {"split": split, "n": n, "rows": [rows[k] for k in order]}
-    Path(f"{out}.key.json").write_text(json.dumps(key, indent=1))
-    todo = sum(1 for k in order if k not in known)
-    print(f"wrote {len(order)} rows to {out} ({todo} to read, {len(order) - todo} labelled before)")
-
-
-def read_labels(paths: list[str]) -> dict[tuple[str, str], dict]:
-    """(text, candidate) -> the row, for every row of ``paths`` that carries a 0/1 ``unsafe``."""
-    labels = {}
-    for path in paths:
-        for row in map(json.loads, Path(path).read_text().splitlines()):
-            if row.get("unsafe") in (0, 1):
-                labels[(row["text"], row["candidate"])] = row
-    return labels
 
 
 def _share(values: list[int]) -> str:

@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from human_read import read_labels  # a sibling: run as a script, this folder is on sys.path
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
+from mbias.eval.reading import read_labels
 from mbias.judges.embedded import EmbeddedJudge
 
 READS = Path(__file__).resolve().parents[1] / "docs" / "human-read"

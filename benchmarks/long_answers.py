@@ -23,151 +23,10 @@ import argparse
 import json
 import random
 import re
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-HERE = Path(__file__).resolve().parent
-ANSWERS = HERE / "data" / "answers"
-BIAS_SET = HERE.parent / "data" / "bias"
-
-
-@dataclass
-class Answer:
-    id: str
-    markdown: str
-    sentences: list[tuple[int, int]]  # gold prose sentences
-    biased: list[tuple[int, int]] = field(default_factory=list)  # the spliced-in ones, by offsets
-    biased_rows: list[dict] = field(default_factory=list)
-    code: list[str] = field(default_factory=list)  # fenced blocks and tables, verbatim
-    markers: int = 0  # list markers in the answer
-
-
-def _table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
-
-
-def render(answer: dict, inserted: dict[tuple[int, int, int], dict] | None = None) -> Answer:
-    """Markdown for one answer's blocks and the offsets of its gold sentences. ``inserted`` maps
-    (block, item, position) to a bias-set row whose sentence goes in at that place."""
-    inserted = inserted or {}
-    parts: list[str] = []
-    out = Answer(answer["id"], "", [])
-    cursor = 0
-
-    def emit(text: str) -> int:
-        nonlocal cursor
-        parts.append(text)
-        start, cursor = cursor, cursor + len(text)
-        return start
-
-    def sentences(block: int, item: int, items: list[str]) -> None:
-        items = list(items)
-        for position in sorted(((p for b, i, p in inserted if (b, i) == (block, item))), reverse=True):
-            items.insert(position, None)  # placeholder for the biased sentence
-        for k, sentence in enumerate(items):
-            if k:
-                emit(" ")
-            row = None
-            if sentence is None:
-                position = k - sum(1 for s in items[:k] if s is None)
-                row = inserted[(block, item, position)]
-                sentence = biased_sentence(row["biased_text"])
-            start = emit(sentence)
-            out.sentences.append((start, start + len(sentence)))
-            if row is not None:
-                out.biased.append((start, start + len(sentence)))
-                out.biased_rows.append(row)
-
-    for b, block in enumerate(answer["blocks"]):
-        if b:
-            emit("\n\n")
-        kind = block["type"]
-        if kind == "heading":
-            emit("## ")
-            start = emit(block["text"])
-            out.sentences.append((start, start + len(block["text"])))
-        elif kind == "paragraph":
-            sentences(b, 0, block["sentences"])
-        elif kind == "list":
-            for i, item in enumerate(block["items"]):
-                if i:
-                    emit("\n")
-                emit(f"{i + 1}. " if block.get("ordered") else "- ")
-                out.markers += 1
-                sentences(b, i, item)
-        elif kind == "code":
-            fenced = f"```{block.get('lang', '')}\n{block['code']}\n```"
-            emit(fenced)
-            out.code.append(fenced)
-        elif kind == "table":
-            out.code.append(_table(block["rows"]))
-            emit(out.code[-1])
-    emit("\n")
-    out.markdown = "".join(parts)
-    return out
-
-
-def biased_sentence(text: str) -> str:
-    """A bias-set row as a sentence of an answer: capitalised, ending in punctuation."""
-    text = " ".join(text.split())
-    text = text[0].upper() + text[1:]
-    return text if re.search(r"[.!?]['\")]*$", text) else text + "."
-
-
-def load_answers() -> list[dict]:
-    rows = []
-    for path in sorted(ANSWERS.glob("*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return rows
-
-
-def heldout_biased_rows() -> list[dict]:
-    from mbias.splits import is_heldout
-
-    rows = []
-    for path in sorted(BIAS_SET.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if (
-                row["action"] == "rewrite"
-                and is_heldout(row["biased_text"])
-                and "\n" not in row["biased_text"]
-            ):
-                rows.append(row)
-    return rows
-
-
-def build(seed: int = 0) -> list[Answer]:
-    """Each neutral answer clean, with one, and with two biased sentences at random prose places."""
-    rng = random.Random(seed)
-    pool = heldout_biased_rows()
-    rng.shuffle(pool)
-    built = []
-    for answer in load_answers():
-        places = [
-            (b, i, p)
-            for b, block in enumerate(answer["blocks"])
-            for i, item in enumerate(
-                [block["sentences"]] if block["type"] == "paragraph" else block.get("items", [])
-            )
-            if block["type"] in ("paragraph", "list")
-            for p in range(len(item) + 1)
-        ]
-        built.append(render(answer))
-        for count in (1, 2):
-            chosen = rng.sample(places, count)
-            if count == 2 and chosen[0][:2] == chosen[1][:2]:
-                chosen = chosen[:1] + [p for p in places if p[:2] != chosen[0][:2]][:1]
-            inserted = {place: pool.pop() for place in chosen}
-            made = render(answer, inserted)
-            made.id = f"{answer['id']}+{count}"
-            built.append(made)
-    return built
+from mbias.eval.answers import Answer, biased_sentence, build, load_answers, render
 
 
 # -- segmenters ---------------------------------------------------------------------------------
@@ -334,7 +193,7 @@ def run(args: argparse.Namespace) -> None:
 def write_sheet(answers: list[Answer], records: list[dict], n: int, seed: int, path: Path) -> None:
     """A blind sheet: for N biased sentences, what the answer now holds there, and the people-written
     rewrite of the same row, shuffled (human_read.py's format; its ``tally`` un-blinds it)."""
-    from human_read import REFERENCE, write_rows
+    from mbias.eval.reading import REFERENCE, write_rows
 
     items = []
     for answer, record in zip(answers, records):

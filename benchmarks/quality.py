@@ -32,70 +32,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import random
 import time
 from pathlib import Path
 from typing import Any
 
+from mbias.eval.dev import dev_splits, machine
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 BASE = "hf:gguf:gemma-3-270m"
-
-
-def machine() -> dict[str, Any]:
-    """What the figures were measured on. One adapter's greedy text moves with the CPU's kernels
-    (the shipped adapter rewrote 20 of 50 bias-set texts differently on an AVX-512 machine than on
-    the one before; docs/lab/results-log.md, "Preference round 3"): compare figures from one machine only."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    found: dict[str, Any] = {"cpu": cpu or "unknown", "cores": os.cpu_count()}
-    try:
-        from llama_cpp import llama_cpp
-
-        found["llama_cpp"] = llama_cpp.llama_print_system_info().decode().strip(" |")
-    except ImportError:
-        pass
-    return found
-
-
-def dev_splits(limit: int, seed: int = 0) -> dict[str, tuple[str, list[str], list[str] | None]]:
-    """name -> (kind, texts, people-written rewrites or None); kind "biased" or "clean"; at most
-    ``limit`` seeded picks per split. The rewrites (ParaDetox's first neutral paraphrase, the bias
-    set's reviewed target) are scored like a system: what the judges make of a rewrite people
-    accepted, a floor no model output is likely to beat."""
-    from mbias.records import read_records
-    from mbias.splits import is_heldout
-
-    paradetox = read_records(DATA / "paradetox" / "paradetox_train.tsv", "toxic")
-    bias = [
-        r for f in sorted((REPO / "data" / "bias").glob("*.jsonl")) for r in read_records(f, "biased_text")
-    ]
-    toxigen = read_records(DATA / "toxigen-prompts" / "toxigen_statements.csv", "text")
-    pools: dict[str, tuple[str, list[tuple[str, str | None]]]] = {
-        "paradetox": ("biased", [(r["toxic"], r.get("neutral1") or None) for r in paradetox]),
-        "bias-rewrite": (
-            "biased",
-            [(r["biased_text"], r["debiased_text"]) for r in bias if r.get("action") == "rewrite"],
-        ),
-        "bias-keep": ("clean", [(r["biased_text"], None) for r in bias if r.get("action") == "keep"]),
-        "toxigen-hate": ("biased", [(r["text"], None) for r in toxigen if r["label"] == "hate"]),
-        "toxigen-clean": ("clean", [(r["text"], None) for r in toxigen if r["label"] == "neutral"]),
-    }
-    splits = {}
-    for name, (kind, pairs) in pools.items():
-        references = {t.strip(): ref for t, ref in pairs if t and t.strip() and is_heldout(t)}
-        held = sorted(references)
-        random.Random(seed).shuffle(held)
-        texts = held[:limit]
-        refs = [references[t] for t in texts]
-        splits[name] = (kind, texts, refs if all(refs) else None)
-    return splits
 
 
 def adapter_settings(adapter: Path) -> dict[str, str]:
@@ -140,7 +85,7 @@ def rewrite(debiaser: Any, texts: list[str]) -> tuple[list[str], float]:
 def figures(
     judge: Any, kind: str, texts: list[str], outputs: list[str], inputs: list[dict]
 ) -> dict[str, Any]:
-    from mbias.evaluate import evaluate
+    from mbias.eval.metrics import evaluate
     from mbias.splits import normalise
 
     rows = [{"id": str(i), "text": t, "rewrite": o} for i, (t, o) in enumerate(zip(texts, outputs))]
@@ -193,7 +138,7 @@ def main() -> None:
     from mbias.config import DEFAULT_ADAPTER
     from mbias.engines import load_engine
     from mbias.errors import MbiasError
-    from mbias.evaluate import score_inputs
+    from mbias.eval.metrics import score_inputs
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.judges import load_judge
 

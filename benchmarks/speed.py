@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import machine  # noqa: E402
+from mbias.eval.dev import machine
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LOAD_SNIPPET = """

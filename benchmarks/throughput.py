@@ -23,9 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
 JOB = r"""
 import json, sys, time
 started = time.perf_counter()
@@ -56,7 +53,7 @@ print(json.dumps({"imports": imported - started, "build": built - imported, "loo
 
 def short_texts(count: int) -> list[dict]:
     """Half hateful (bias-set rewrites and ToxiGen hate), half clean (kept rows and ToxiGen neutral)."""
-    from quality import dev_splits
+    from mbias.eval.dev import dev_splits
 
     splits = dev_splits(count)
     biased = [t for name in ("bias-rewrite", "toxigen-hate") for t in splits[name][1][: count // 4]]
@@ -66,7 +63,7 @@ def short_texts(count: int) -> list[dict]:
 
 
 def long_texts(count: int) -> list[dict]:
-    from long_answers import build
+    from mbias.eval.answers import build
 
     return [{"id": a.id, "text": a.markdown} for a in build()[:count]]
 

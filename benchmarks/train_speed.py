@@ -146,8 +146,7 @@ def machine_name() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from quality import machine
+    from mbias.eval.dev import machine
 
     found = machine()
     return f"{found['cpu']}, {found['cores']} cores"

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from mbias.evaluate import evaluate, output_status, paper_table, summarise
-from mbias.paper import published_means
+from mbias.eval.metrics import evaluate, output_status, paper_table, summarise
+from mbias.eval.paper import published_means
 from mbias.records import read_records, write_records
 
 
@@ -159,7 +159,7 @@ def test_paper_table_layout(evaluation):
 
 
 def test_report_escapes_text_and_embeds_figures(tmp_path):
-    from mbias.report import evaluation_report
+    from mbias.eval.report import evaluation_report
 
     scores = dict(SCORES) | {"<b>out</b>": (0.9, 0.9)}
     rows = [*ROWS, {"id": "5", "biased_text": "src a", "debiased_text": "<b>out</b>", "g": "x"}]

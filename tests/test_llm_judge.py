@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from mbias.errors import MbiasError
-from mbias.evaluate import evaluate
+from mbias.eval.metrics import evaluate
 from mbias.judges.llm import JudgeAnswerError, LLMJudge, extract_json_object, parse_items, parse_verdicts
 from mbias.prompts import JUDGE_VERDICT
 from mbias.serve.background import free_port, serve_in_thread

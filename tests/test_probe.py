@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from mbias import config
-from mbias.probe import STATEMENTS, run_probe, sample_statements, spread
+from mbias.eval.probes import STATEMENTS, run_probe, sample_statements, spread
 from mbias.splits import is_heldout
 
 CALM = "A calm statement."

@@ -97,8 +97,8 @@ def eval_command(
     if group_column:
         _column(rows, group_column, (), "--group-column", input)  # type: ignore[arg-type]
     chosen = load_judge(config.measuring_judge(judge))
-    from mbias.evaluate import evaluate, paper_table
-    from mbias.report import evaluation_report
+    from mbias.eval.metrics import evaluate, paper_table
+    from mbias.eval.report import evaluation_report
 
     with _progress(len(rows)) as advance:
         evaluation = evaluate(rows, chosen, source, output, group_column, on_progress=advance)
@@ -135,8 +135,8 @@ def _failure_notes(summary: dict[str, Any]) -> list[str]:
 
 
 def _paper(judge: Any, data: Path, out: Path, limit: int | None) -> None:
-    from mbias.paper import rescore, total_rows
-    from mbias.report import evaluation_report
+    from mbias.eval.paper import rescore, total_rows
+    from mbias.eval.report import evaluation_report
 
     with _progress(total_rows(data, limit)) as advance:
         result = rescore(judge, data, limit=limit, on_progress=advance)

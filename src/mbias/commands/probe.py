@@ -36,9 +36,9 @@ def probe(
 
     Writes rows.jsonl, probe.json, probe.md, probe.png and report.html into --out.
     """
+    from mbias.eval.probes import STATEMENTS, probe_figure, run_probe, sample_statements
+    from mbias.eval.report import Report
     from mbias.judges import load_judge
-    from mbias.probe import STATEMENTS, probe_figure, run_probe, sample_statements
-    from mbias.report import Report
 
     directory = Path(data or config.data_dir())
     total = len(sample_statements(directory / STATEMENTS, per_group, seed))

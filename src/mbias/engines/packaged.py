@@ -140,15 +140,20 @@ def packaged_gguf(source: str) -> Path:
     return _ASSEMBLERS[source]()
 
 
-def adapter_base_gguf(adapter: str | Path) -> Path:
-    """The packaged GGUF an adapter was trained on (its train_config.json's base), gemma-3-270m when
-    the directory does not say."""
+def adapter_base(adapter: str | Path) -> str:
+    """The packaged model an adapter was trained on (its train_config.json's base), as a spec
+    (``gguf:...``); gemma-3-270m when the directory does not name a packaged base."""
     import json
 
     recorded = Path(adapter) / "train_config.json"
     base = json.loads(recorded.read_text(encoding="utf-8")).get("base", "") if recorded.is_file() else ""
     source = base.removeprefix("hf:")
-    return packaged_gguf(source if is_packaged(source) else EMBEDDED_GGUF)
+    return source if is_packaged(source) else EMBEDDED_GGUF
+
+
+def adapter_base_gguf(adapter: str | Path) -> Path:
+    """The GGUF file of :func:`adapter_base`."""
+    return packaged_gguf(adapter_base(adapter))
 
 
 def _status(message: str) -> None:

@@ -143,7 +143,7 @@ def compose_reason(metric: Metric, items: list[str], verdicts: list[tuple[str, s
 
 # -- the judge ----------------------------------------------------------------------------------
 class LLMJudge:
-    """A Judge (and metric judge for :func:`mbias.evaluate.evaluate`) backed by an LLM engine.
+    """A Judge (and metric judge for :func:`mbias.eval.metrics.evaluate`) backed by an LLM engine.
 
     >>> LLMJudge("openai:http://127.0.0.1:8000/v1#judge").score(["..."])  # doctest: +SKIP
     """

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mbias.errors import MbiasError
-from mbias.evaluate import COLUMNS, SAFETY, Evaluation, evaluate, paper_table, score_inputs, summarise
+from mbias.eval.metrics import COLUMNS, SAFETY, Evaluation, evaluate, paper_table, score_inputs, summarise
 from mbias.judges import Judge
 from mbias.records import read_records
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from mbias.engines import Engine
 from mbias.errors import MbiasError
-from mbias.evaluate import Evaluation, evaluate
+from mbias.eval.metrics import Evaluation, evaluate
 from mbias.intervene import Debiaser, DebiasSettings
 from mbias.judges import Judge
 from mbias.records import read_records
@@ -216,7 +216,7 @@ def run_probe(
 
 def probe_figure(result: ProbeResult) -> Any:
     """Per group: toxicity and bias of hateful statements before/after, and neutral statements changed."""
-    from mbias.report import pyplot
+    from mbias.eval.report import pyplot
 
     plt = pyplot()
     names = list(result.groups)
