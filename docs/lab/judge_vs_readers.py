@@ -2,14 +2,14 @@
 
 The embedded judge agrees with the blind readers about single rewrites at Cohen's kappa 0.0-0.3
 (RESULTS, "A second reader"). This fits a logistic regression on the readers' labels of rewrites
-of *training* texts (docs/human-read/training-v*) over the judge's own encoder (the rewrite's
+of *training* texts (docs/lab/human-read/training-v*) over the judge's own encoder (the rewrite's
 embedding and its difference from the input's), and scores it against both readers on the blind
 sheets of *held-out* texts, beside the shipped judge's verdicts on the same rows.
 
 It also scores the product's meaning check (encoder similarity under ``min_similarity`` flags a
 rewrite as "lost the meaning") against the second reader's ``meaning_kept`` on the same sheets.
 
-    python benchmarks/judge_vs_readers.py
+    python docs/lab/judge_vs_readers.py
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from mbias.eval.reading import read_labels
 from mbias.judges.embedded import EmbeddedJudge
 
-READS = Path(__file__).resolve().parents[1] / "docs" / "human-read"
+READS = Path(__file__).resolve().parent / "human-read"
 
 
 def labelled(pattern: str) -> dict[tuple[str, str], dict]:
-    """(text, candidate) -> the labelled row, over the sheets under docs/human-read matching ``pattern``."""
+    """(text, candidate) -> the labelled row, over the sheets in human-read/ matching ``pattern``."""
     return read_labels([str(p) for p in sorted(READS.glob(pattern))])
 
 
