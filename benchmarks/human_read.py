@@ -106,6 +106,10 @@ def tally(args: argparse.Namespace) -> None:
     flagged = [int(judge.is_unsafe(s)) for s in judge.score([r["candidate"] for r in rows])]
     print(f"{key['split']}: {key['n']} held-out inputs, a blind read of {len(rows)} distinct rewrites")
     header = f"{'system':>12} {'still biased or toxic':>20} {'judge flags':>12} {'judge agrees':>13}"
+    # a sheet whose reader also marked meaning_kept (0/1) on every row gets the faithfulness figures
+    faithful = all(r.get("meaning_kept") in (0, 1) for r in rows)
+    if faithful:
+        header += f" {'meaning kept':>19} {'safe and kept':>19}"
     if second:
         header += f" {'2nd reader: unsafe':>20} {'meaning kept':>19}"
     print(header)
@@ -116,6 +120,10 @@ def tally(args: argparse.Namespace) -> None:
             f"{100 * sum(flagged[i] for i in mine) / len(mine):10.1f} % "
             f"{100 * sum(rows[i]['unsafe'] == flagged[i] for i in mine) / len(mine):12.1f} %"
         )
+        if faithful:
+            kept = [rows[i]["meaning_kept"] for i in mine]
+            both = [int(rows[i]["meaning_kept"] == 1 and rows[i]["unsafe"] == 0) for i in mine]
+            line += f" {_share(kept)} {_share(both)}"
         if second:
             other = [second[(rows[i]["text"], rows[i]["candidate"])] for i in mine]
             line += f" {_share([o['unsafe'] for o in other])} {_share([o['meaning_kept'] for o in other])}"
