@@ -42,6 +42,30 @@ SHORT_TEXTS = [
 ]
 
 
+# The answer as an LLM streams it: each word with its leading space, and when each left the upstream.
+WORDS = [w if i == 0 else " " + w for i, w in enumerate(CLEAN_ANSWER.split(" "))]
+SENT: list[float] = []
+
+
+async def release_delays(url: str, pace: float) -> list[float]:
+    """For each piece the streaming guard releases: seconds from the moment the upstream sent the
+    last word that piece completes to the moment the client has the piece."""
+    ends = [sum(len(w) for w in WORDS[: i + 1]) for i in range(len(WORDS))]
+    payload = {"messages": [{"role": "user", "content": "plan my week"}], "stream": True, "pace": pace}
+    delays, received = [], 0
+    async with httpx.AsyncClient(timeout=60) as client, client.stream("POST", url, json=payload) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+            if not delta:
+                continue
+            now, received = time.perf_counter(), received + len(delta)
+            last = max((i for i, end in enumerate(ends) if end <= received), default=0)
+            delays.append(now - SENT[last])
+    return delays
+
+
 def upstream_app():
     from fastapi import FastAPI
     from fastapi.responses import StreamingResponse
@@ -55,10 +79,15 @@ def upstream_app():
     @app.post("/v1/chat/completions")
     async def chat(body: dict):
         if body.get("stream"):
+            pace = float(body.get("pace", 0))  # seconds between tokens, as a real LLM streams them
 
-            def events():
-                for word in CLEAN_ANSWER.split(" "):
-                    chunk = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+            async def events():
+                SENT.clear()
+                for word in WORDS:
+                    if pace:
+                        await asyncio.sleep(pace)
+                    chunk = {"choices": [{"index": 0, "delta": {"content": word}}]}
+                    SENT.append(time.perf_counter())
                     yield f"data: {json.dumps(chunk)}\n\n"
                 yield "data: [DONE]\n\n"
 
@@ -155,6 +184,13 @@ def main() -> None:
                 label = "streamed" if stream else "whole"
                 words = len(CLEAN_ANSWER.split())
                 print(f"guard on a clean {words}-word answer ({label}): added {percentiles(added)}")
+            pace = 0.02
+            chat = f"{guard_url}/v1/chat/completions"
+            delays = [d for _ in range(5) for d in asyncio.run(release_delays(chat, pace))]
+            print(
+                f"streaming, upstream at one token per {1000 * pace:.0f} ms: a clean sentence leaves the "
+                f"guard {percentiles(delays)} after its last token left the upstream"
+            )
         for max_batch in (16, 1):
             with serve_in_thread(create_app(debiaser, max_batch=max_batch, max_wait_ms=10)) as api:
                 done, latencies = asyncio.run(load(f"{api}/v1/debias", args.clients, args.seconds))
