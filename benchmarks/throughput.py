@@ -45,7 +45,9 @@ finished = time.perf_counter()
 actions = {}
 for record in read_records(target, "text"):
     actions[record["action"]] = actions.get(record["action"], 0) + 1
-print(json.dumps({"imports": imported - started, "build": built - imported, "loop": finished - built,
+import resource
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"peak_rss_mib": peak, "imports": imported - started, "build": built - imported, "loop": finished - built,
                   "stages": profile.snapshot(), "tallies": profile.tallies(), "texts": len(records),
                   "actions": actions}))
 """
@@ -122,6 +124,7 @@ def report(name: str, result: dict, gflops: float, params: float) -> None:
         f"whole process {result['process']:.1f} s = {texts / result['process']:.2f} texts/s; "
         f"in the loop {loop:.1f} s = {texts / loop:.2f} texts/s"
     )
+    print(f"peak RSS {result['peak_rss_mib']:.0f} MiB")
     print(f"{'stage':<12}{'seconds':>9}{'share':>8}{'calls':>7}")
     startup = result["process"] - result["build"] - loop  # the interpreter and the imports
     inside = sum(seconds for seconds, _ in result["stages"].values())
