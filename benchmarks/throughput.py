@@ -47,7 +47,8 @@ for record in read_records(target, "text"):
     actions[record["action"]] = actions.get(record["action"], 0) + 1
 import resource
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"peak_rss_mib": peak, "imports": imported - started, "build": built - imported, "loop": finished - built,
+print(json.dumps({"peak_rss_mib": peak, "imports": imported - started, "build": built - imported,
+                  "loop": finished - built,
                   "stages": profile.snapshot(), "tallies": profile.tallies(), "texts": len(records),
                   "actions": actions}))
 """
