@@ -12,6 +12,7 @@ import typer
 from mbias import config
 from mbias.commands.common import Retries, console, default_output, gather_inputs, progress_bar, rate_text
 from mbias.commands.explain import explain_record
+from mbias.errors import MbiasError
 from mbias.intervene import GRANULARITIES, Debiaser, DebiasSettings
 from mbias.profile import stage
 from mbias.records import RecordWriter, iter_pending
@@ -55,6 +56,17 @@ def debias(
     profile: Annotated[
         bool, typer.Option(help="At the end, print where the time went, stage by stage (to stderr).")
     ] = False,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray: --input DIR|GLOB of shards, --output DIR of Parquet.")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="--ray: the cluster to join (default: start a local Ray).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="--ray: Debiaser actors, each loads the model once.")
+    ] = 1,
+    cpus_per_worker: Annotated[float, typer.Option(min=0.0, help="--ray: CPUs each actor holds.")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(min=0.0, help="--ray: GPUs per actor (vllm:).")] = 0.0,
 ) -> None:
     """Rewrite biased or toxic text into a safe version that keeps its main information.
 
@@ -63,9 +75,6 @@ def debias(
     """
     if granularity not in GRANULARITIES:
         raise typer.BadParameter(f"choose one of {', '.join(GRANULARITIES)}", param_hint="--granularity")
-    started = time.perf_counter()
-    with stage("read"):
-        records = gather_inputs(text, input, column, format)
     settings = DebiasSettings(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
@@ -76,6 +85,32 @@ def debias(
         screen=screen,
         granularity=granularity,
     )
+    if not ray and (ray_address or workers != 1 or cpus_per_worker != 1.0 or gpus_per_worker):
+        raise MbiasError("--ray-address, --workers, --cpus-per-worker and --gpus-per-worker need --ray")
+    if ray:
+        if text is not None or input is None or output is None or explain:
+            raise MbiasError("--ray takes --input DIR|GLOB and --output DIR (no TEXT, no --explain)")
+        from mbias.scale.ray_job import RayJob, run_ray_job
+
+        job = RayJob(
+            input=input,
+            output=output,
+            engine=engine or config.default_engine_spec(),
+            judge=config.default_judge(judge),
+            prompt_style=prompt_style,
+            settings=settings,
+            column=column,
+            resume=resume,
+            address=ray_address,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+        )
+        run_ray_job(job)
+        return
+    started = time.perf_counter()
+    with stage("read"):
+        records = gather_inputs(text, input, column, format)
     debiaser = Debiaser(
         engine or config.default_engine_spec(),
         judge=config.default_judge(judge),
