@@ -161,6 +161,16 @@ def _flat(record: Record) -> dict[str, Any]:
     }
 
 
+def write_parquet(path: str | Path, records: Iterable[Record]) -> None:
+    """A whole Parquet file, cells as the other formats hold them: each record as it reads back
+    from JSON, nested values (``spans``, ``candidates``) as JSON strings. ``RecordWriter`` and the
+    Ray job's shards both write through here, so their files agree cell for cell."""
+    import pandas as pd
+
+    rows = [_flat(json.loads(json.dumps(r, ensure_ascii=False, default=str))) for r in records]
+    pd.DataFrame(rows).to_parquet(path, index=False)
+
+
 class RecordWriter:
     """Appends records to an output file as they are produced.
 
@@ -233,10 +243,7 @@ class RecordWriter:
             self._handle.close()
             self._handle = None
         if complete and self.format == "parquet" and self.sink.exists():
-            import pandas as pd
-
-            rows = [_flat(r) for r in _read_rows(self.sink, "jsonl")]
-            pd.DataFrame(rows).to_parquet(self.path, index=False)
+            write_parquet(self.path, _read_rows(self.sink, "jsonl"))
             self.sink.unlink()
 
     def __exit__(self, exc_type, exc, tb) -> None:

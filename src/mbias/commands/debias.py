@@ -85,6 +85,7 @@ def debias(
         screen=screen,
         granularity=granularity,
     )
+    engine_spec, judge_spec = engine or config.default_engine_spec(), config.default_judge(judge)
     if not ray and (ray_address or workers != 1 or cpus_per_worker != 1.0 or gpus_per_worker):
         raise MbiasError("--ray-address, --workers, --cpus-per-worker and --gpus-per-worker need --ray")
     if ray:
@@ -95,8 +96,8 @@ def debias(
         job = RayJob(
             input=input,
             output=output,
-            engine=engine or config.default_engine_spec(),
-            judge=config.default_judge(judge),
+            engine=engine_spec,
+            judge=judge_spec,
             prompt_style=prompt_style,
             settings=settings,
             column=column,
@@ -111,12 +112,7 @@ def debias(
     started = time.perf_counter()
     with stage("read"):
         records = gather_inputs(text, input, column, format)
-    debiaser = Debiaser(
-        engine or config.default_engine_spec(),
-        judge=config.default_judge(judge),
-        prompt_style=prompt_style,
-        settings=settings,
-    )
+    debiaser = Debiaser(engine_spec, judge=judge_spec, prompt_style=prompt_style, settings=settings)
     if input is None:
         if len(records) == 1:  # a lone text with a unit too long for the model is an error
             for unit in debiaser.units(records[0]):

@@ -104,13 +104,13 @@ def load_encoder() -> tuple[Any, Any, int]:
         directory = model_dir()
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         tokenizer.enable_truncation(max_tokens(directory))
-        pad = json.loads((directory / "config.json").read_text()).get("pad_token_id", 0)
+        model_config = json.loads((directory / "config.json").read_text())
+        pad = model_config.get("pad_token_id", 0)
         tokenizer.enable_padding(pad_id=pad, pad_token=tokenizer.id_to_token(pad))
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about the graph are ours to read, not the user's
         session = onnxruntime.InferenceSession(str(onnx_model()), options, providers=["CPUExecutionProvider"])
-        hidden = json.loads((directory / "config.json").read_text())["hidden_size"]
-        return tokenizer, session, hidden
+        return tokenizer, session, model_config["hidden_size"]
 
 
 def encode(texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:

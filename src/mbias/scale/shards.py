@@ -11,13 +11,12 @@ input directory never changes which output belongs to which input.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mbias.errors import MbiasError
-from mbias.records import FORMATS, Record, _flat, file_format
+from mbias.records import FORMATS, Record, file_format, write_parquet
 
 PARTIAL = ".partial"
 
@@ -101,18 +100,12 @@ def plan_shards(input: str, output_dir: str | Path, resume: bool) -> Plan:
 
 
 def write_shard(shard: Shard, records: list[Record]) -> None:
-    """Write one output shard whole, exactly as the local path writes a Parquet file.
-
-    Each record goes through JSON (what ``RecordWriter``'s sink does) and nested fields (``spans``,
-    ``candidates``) become JSON strings (``records._flat``), so a shard reads back cell for cell
-    like ``mbias debias -i SHARD -o OUT.parquet`` run on its own; ``json.loads`` restores the
-    nested fields. A struct column would keep them typed, but optional span keys (``reason``,
-    ``similarity``) would come back as nulls and the two paths' files would disagree.
+    """Write one output shard whole, with the local path's Parquet writer (``records.write_parquet``),
+    so a shard reads back cell for cell like ``mbias debias -i SHARD -o OUT.parquet`` run on its own;
+    ``json.loads`` restores the nested fields. A struct column would keep them typed, but optional
+    span keys (``reason``, ``similarity``) would come back as nulls and the two paths would disagree.
     """
-    import pandas as pd
-
-    rows = [_flat(json.loads(json.dumps(r, ensure_ascii=False, default=str))) for r in records]
-    pd.DataFrame(rows).to_parquet(shard.partial, index=False)
+    write_parquet(shard.partial, records)
     with shard.partial.open("rb") as handle:
         os.fsync(handle.fileno())  # the rename must not land before the bytes
     os.replace(shard.partial, shard.output)
