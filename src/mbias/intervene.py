@@ -107,11 +107,16 @@ class Debiaser:
         judge: str | Judge | None = "default",
         prompt_style: str | None = None,
         settings: DebiasSettings | None = None,
+        engine_options: dict[str, Any] | None = None,
     ):
+        """``engine_options`` go to the engine when this builds it from a name or spec (e.g.
+        ``threads`` for llama.cpp, where several Debiasers share a machine)."""
         entry = config.resolve(engine if isinstance(engine, str) else config.default_engine_spec())
         with stage("load"):
             self.engine: Engine = (
-                engine if engine is not None and not isinstance(engine, str) else load_engine(entry.spec)
+                engine
+                if engine is not None and not isinstance(engine, str)
+                else load_engine(entry.spec, **(engine_options or {}))
             )
         self.prompt_style = prompt_style or entry.prompt_style
         if isinstance(judge, str):  # "default" (MBIAS_JUDGE, else embedded), "none", or a spec

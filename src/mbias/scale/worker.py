@@ -23,7 +23,6 @@ import resource
 import socket
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 from mbias import config
@@ -61,21 +60,12 @@ def build_debiaser(
     every barrier. It still gets fewer when fewer are idle: on the 2-core machine, busy with another
     job, one worker holding both CPUs with 2 threads ran 14x slower than with 1 (benchmarks/ray_scale.py).
     """
-    entry = config.resolve(engine)
-    if not (threads and entry.spec.startswith("llamacpp:")):
-        return Debiaser(engine, judge=judge, prompt_style=prompt_style, settings=settings)
-    from mbias.engines import load_engine
-    from mbias.engines.llamacpp import idle_cores
+    options = {}
+    if threads and config.resolve(engine).spec.startswith("llamacpp:"):
+        from mbias.engines.llamacpp import idle_cores
 
-    threads = min(threads, idle_cores())
-
-    context = entry.context if settings.context is None else settings.context
-    return Debiaser(
-        load_engine(entry.spec, threads=threads),
-        judge=judge,
-        prompt_style=prompt_style or entry.prompt_style,
-        settings=replace(settings, context=context),
-    )
+        options["threads"] = min(threads, idle_cores())
+    return Debiaser(engine, judge=judge, prompt_style=prompt_style, settings=settings, engine_options=options)
 
 
 def peak_rss_mib() -> float:
