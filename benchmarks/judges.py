@@ -1,6 +1,6 @@
 """Embedded judge benchmark: speed, held-out screening figures, false alarms, agreement with GPT labels.
 
-Usage: python benchmarks/judges.py [--data ../shared/data] [--texts 512]
+Usage: python benchmarks/judges.py [--data ../shared/data] [--texts 512] [--heads runs/judge/heads.json]
 
 Screening figures use the decision the Debiaser makes (``is_unsafe`` at the calibrated thresholds)
 on held-out texts only (mbias.splits.is_heldout): ToxiGen statements and bias-set pairs (ROC-AUC of
@@ -68,9 +68,10 @@ def main() -> None:
         "--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data"
     )
     parser.add_argument("--texts", type=int, default=512)
+    parser.add_argument("--heads", type=Path, help="heads.json of a trained judge (default: the shipped one)")
     args = parser.parse_args()
 
-    judge = EmbeddedJudge()
+    judge = EmbeddedJudge(heads_path=args.heads)
     judged = gpt_labels(args.data / "mbias-test")
     texts = thirty_word_texts(list(dict.fromkeys(j.text for j in judged)), args.texts + BATCH)
     rate = throughput(judge, texts)

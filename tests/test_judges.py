@@ -12,9 +12,10 @@ import pytest
 from mbias.errors import MbiasError
 from mbias.judges import embedded as embedded_module
 from mbias.judges import embedding_cache as cache_module
+from mbias.judges.calibrate import calibrate, macro_balanced_accuracy
 from mbias.judges.embedded import EmbeddedJudge
 from mbias.judges.heads import Head, HeadSet
-from mbias.judges.metrics import best_balanced_threshold, binary_metrics, rate_matching_threshold
+from mbias.judges.metrics import binary_metrics
 from mbias.judges.train_data import Example, bias_pairs, clean
 from mbias.judges.train_heads import _fold_scaler, balanced_weights
 
@@ -106,9 +107,11 @@ class CountingEncoder:
     def __init__(self, vectors: dict[str, np.ndarray]):
         self.vectors = vectors
         self.calls: list[list[str]] = []
+        self.adapters: list = []
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: list[str], adapter=None) -> np.ndarray:
         self.calls.append(list(texts))
+        self.adapters.append(adapter)
         return np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, DIM), np.float32)
 
 
@@ -126,6 +129,32 @@ def test_score_and_similarity_encode_each_distinct_text_once(monkeypatch):
     assert similarity == pytest.approx([1.0, 0.0])
     with pytest.raises(MbiasError):
         judge.similarity(["a"], [])
+
+
+def test_heads_read_the_tuned_encoder_and_similarity_the_packaged_one(tmp_path, monkeypatch):
+    """Meaning kept must not move with the heads' fine-tuning: similarity encodes without the
+    adapter, scores with it, each with its own memo."""
+    fake = CountingEncoder({"toxic": unit(0), "plain": unit(2)})
+    monkeypatch.setattr(embedded_module, "encode", fake)
+    heads = hand_heads()
+    heads.adapter = tmp_path / "encoder"
+    judge = EmbeddedJudge(heads=heads)
+    judge.score(["toxic"])
+    judge.similarity(["toxic"], ["plain"])
+    assert fake.adapters == [tmp_path / "encoder", None]
+    assert fake.calls == [["toxic"], ["toxic", "plain"]]
+
+
+def test_headset_keeps_its_encoder_adapter_and_refuses_a_missing_one(tmp_path):
+    heads = hand_heads()
+    heads.adapter = tmp_path / "encoder"
+    heads.adapter.mkdir()
+    heads.save(tmp_path)
+    assert json.loads((tmp_path / "heads.json").read_text())["encoder_adapter"] == "encoder"
+    assert HeadSet.load(tmp_path / "heads.json").adapter == tmp_path / "encoder"
+    heads.adapter.rmdir()
+    with pytest.raises(MbiasError, match="encoder adapter"):
+        HeadSet.load(tmp_path / "heads.json")
 
 
 def test_embedding_cache_reuses_vectors_saved_on_disk(tmp_path, monkeypatch):
@@ -188,25 +217,50 @@ def test_bias_pairs_label_rewrites_and_keeps_and_skip_a_half_written_line(tmp_pa
     assert list(bias_pairs(tmp_path / "absent")) == []
 
 
-def test_best_balanced_threshold_separates_separable_scores():
+def test_binary_metrics_at_a_threshold():
     labels = np.array([0, 0, 0, 1, 1])
     probs = np.array([0.1, 0.2, 0.3, 0.6, 0.9])
-    threshold = best_balanced_threshold(labels, probs)
-    assert 0.3 < threshold <= 0.6
-    assert binary_metrics(labels, probs, threshold)["balanced_accuracy"] == 1.0
     figures = binary_metrics(labels, probs, 0.25)  # predicts 0.3, 0.6, 0.9 positive
     assert figures["accuracy"] == pytest.approx(0.8)
     assert figures["f1"] == pytest.approx(0.8)
     assert figures["roc_auc"] == 1.0
+    assert binary_metrics(labels, probs, 0.45)["balanced_accuracy"] == 1.0
 
 
-def test_rate_matching_threshold_flags_as_many_texts_as_the_labels():
-    labels = np.array([1, 0, 0, 1, 0, 0, 0, 0])
-    probs = np.array([0.05, 0.9, 0.2, 0.7, 0.1, 0.3, 0.01, 0.4])
-    threshold = rate_matching_threshold(labels, probs)
-    assert 0.4 < threshold <= 0.7
-    assert int((probs >= threshold).sum()) == int(labels.sum())
-    assert rate_matching_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 1.0
+def test_macro_balanced_accuracy_counts_every_source_alike():
+    """A big source that wants a low threshold must not outvote a small one-class source of fair
+    texts: each source counts once."""
+    grid = np.array([0.25, 0.45, 0.65])
+    labels = np.array([0, 0, 1, 1, 1, 1, 0])
+    probs = np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.5])
+    sources = np.array(["big"] * 6 + ["fair"])
+    scores = macro_balanced_accuracy(labels, probs, sources, grid)
+    # big: 0.25 -> (TNR 0.5 + TPR 1)/2, 0.45 -> (1 + 0.75)/2, 0.65 -> (1 + 0.25)/2; fair: 0, 0, 1
+    assert scores == pytest.approx([(0.75 + 0) / 2, (0.875 + 0) / 2, (0.625 + 1) / 2])
+
+
+def _texts_in(split, count: int) -> list[str]:
+    """The first ``count`` texts "sentence N" that the real split function puts in ``split``."""
+    return [t for t in (f"sentence {n}" for n in range(1000)) if split(t)][:count]
+
+
+def test_calibrate_sets_thresholds_from_dev_texts_only():
+    """Held-out and training texts must not move a threshold; dev texts must."""
+    from mbias.splits import is_dev, is_heldout
+
+    dev, held = _texts_in(is_dev, 2), _texts_in(is_heldout, 2)
+    training = [t for t in _texts_in(lambda t: not (is_dev(t) or is_heldout(t)), 2)]
+    # dev: fair 0.2, biased 0.3; held out and training would each ask for a threshold near 0.9
+    strength = {dev[0]: 0.2, dev[1]: 0.3, held[0]: 0.85, held[1]: 0.95, training[0]: 0.85, training[1]: 0.95}
+    examples = [Example(t, int(i % 2), "s") for pair in (dev, held, training) for i, t in enumerate(pair)]
+    head = Head(layers=[(np.eye(DIM, 1, dtype=np.float32) * 20, np.array([-10.0], np.float32))])
+    heads = HeadSet(heads={"bias": head}, encoder="fake")
+    report = calibrate(
+        heads, {"bias": examples}, lambda texts: np.stack([unit(0) * strength[t] for t in texts])
+    )
+    low, high = head.predict_proba(np.stack([unit(0) * 0.2, unit(0) * 0.3]))
+    assert low < heads.heads["bias"].threshold <= high
+    assert report["bias"]["dev_at_threshold"]["n"] == 2
 
 
 def _mbias(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -271,6 +325,38 @@ def test_onnx_encoder_gives_the_transformers_models_vectors_without_importing_to
     probe += "print('torch' in sys.modules, 'transformers' in sys.modules)"
     imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert imported.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.integration
+def test_tuned_encoder_learns_its_labels_and_its_onnx_graph_is_the_merged_model(tmp_path):
+    """A few steps of LoRA tuning on a separable toy set: the loss falls, the adapter names the hub
+    model (no local path), and the cached ONNX graph gives the merged transformers model's vectors,
+    which differ from the packaged encoder's."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mbias.judges.encoder import encode, model_dir, torch_encoder
+    from mbias.judges.tune_encoder import HUB_NAME, EncoderTuning, tune_encoder
+
+    hateful = [f"people from group {n} are all criminals and should leave" for n in range(40)]
+    kind = [f"the bakery on street {n} sells fresh bread every morning" for n in range(40)]
+    examples = [Example(t, 1, "toy") for t in hateful] + [Example(t, 0, "toy") for t in kind]
+    adapter = tmp_path / "encoder"
+    summary = tune_encoder(
+        {"toxicity": examples, "bias": examples}, [], adapter, EncoderTuning(batch_size=8, epochs=2)
+    )
+    assert summary["loss_last_tenth"] < summary["loss_first_tenth"]
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == HUB_NAME
+    texts = ["Old people are slow with computers.", "The library opens at nine."]
+    tuned = encode(texts, adapter)
+    assert np.abs(tuned - encode(texts)).max() > 1e-3
+    model = torch_encoder(adapter)
+    batch = AutoTokenizer.from_pretrained(str(model_dir()))(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    assert np.abs(tuned - expected).max() < 1e-5
 
 
 @pytest.mark.integration

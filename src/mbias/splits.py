@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 HELDOUT_BUCKETS = frozenset({0, 1})  # 2 of 10 buckets: about 20 % of any pool
+DEV_BUCKETS = frozenset({2})  # 1 of 10: the judges choose models and thresholds here, not on held-out
 N_BUCKETS = 10
 
 
@@ -27,3 +28,9 @@ def bucket(text: str) -> int:
 def is_heldout(text: str) -> bool:
     """True for texts reserved for validation (judges, quality benchmark): never train on them."""
     return bucket(text) in HELDOUT_BUCKETS
+
+
+def is_dev(text: str) -> bool:
+    """True for the judges' development texts: they choose head models and thresholds on these,
+    so the held-out figures stay a test. Judges never train on them; adapters may."""
+    return bucket(text) in DEV_BUCKETS

@@ -1,4 +1,4 @@
-"""`mbias train-judges`: train the embedded toxicity and bias heads, validate, calibrate, save."""
+"""`mbias train-judges`: tune the judge's encoder, fit its heads, choose thresholds on dev, save."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ DEFAULT_PAIRS = REPO_ROOT / "data" / "bias"
 DEFAULT_JUDGE_DATA = REPO_ROOT / "data" / "judge"
 
 
+ENCODER_ADAPTER = "encoder"  # the tuned encoder's LoRA, beside heads.json
+
+
 def train_judges(
     data: Annotated[
         Path, typer.Option(help="The shared data folder (paradetox/, toxigen-prompts/, babe/, ...).")
@@ -32,10 +35,22 @@ def train_judges(
     heads: Annotated[
         str, typer.Option(help="'all', or 'category' to retrain only the harm-category head in OUTPUT.")
     ] = "all",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="'tune': fine-tune the encoder (LoRA) on the heads' labels first; 'frozen': heads only."
+        ),
+    ] = "tune",
+    epochs: Annotated[
+        float, typer.Option(help="Passes over the training texts when tuning the encoder.")
+    ] = 1.0,
 ) -> None:
-    """Train the judge heads on frozen all-MiniLM-L6-v2 embeddings, then calibrate them on mbias-test."""
+    """Train the judge: tune the encoder, fit the heads, choose thresholds on the dev split, save."""
+    import shutil
+
     from mbias.errors import MbiasError
-    from mbias.judges.calibrate import calibrate, gpt_labels
+    from mbias.judges.calibrate import calibrate
+    from mbias.judges.categories import category_examples
     from mbias.judges.embedding_cache import EmbeddingCache
     from mbias.judges.encoder import ENCODER_NAME
     from mbias.judges.heads import HeadSet
@@ -44,25 +59,31 @@ def train_judges(
 
     if heads not in ("all", "category"):
         raise MbiasError(f"--heads must be 'all' or 'category', not {heads!r}")
-    cache = EmbeddingCache()
+    if encoder not in ("tune", "frozen"):
+        raise MbiasError(f"--encoder must be 'tune' or 'frozen', not {encoder!r}")
+    judge_dir = judge_data if judge_data.is_dir() else None
     if heads == "category":
         shipped = HeadSet.load(output / "heads.json")
-        _train_category(shipped, cache, pairs, data, judge_data)
-        path = shipped.save(output)
-        console.print(f"wrote {path}")
+        _train_category(shipped, EmbeddingCache(adapter=shipped.adapter), pairs, data, judge_dir)
+        console.print(f"wrote {shipped.save(output)}")
         return
-    pools, dropped = head_pools(data, pairs, judge_data if judge_data.is_dir() else None)
-    every_text = [e.text for pool in pools.values() for e in pool] + [
-        j.text for j in gpt_labels(data / "mbias-test")
-    ]
-    _embed_with_progress(cache, every_text)
+    pools, dropped = head_pools(data, pairs, judge_dir)
+    categories = category_examples(pairs, data, judge_dir)
+    adapter = output / ENCODER_ADAPTER
+    if adapter.exists():
+        shutil.rmtree(adapter)
+    tuning = _tune(pools, categories, adapter, epochs) if encoder == "tune" else None
+    cache = EmbeddingCache(adapter=adapter if tuning else None)
+    _embed_with_progress(cache, [e.text for pool in pools.values() for e in pool])
 
     trained = {}
     for name, examples in pools.items():
         console.print(f"[bold]{name}[/]: {len(examples)} texts")
         trained[name] = train_head(examples, cache.embed, log=console.print)
-    headset = HeadSet(heads={n: t.head for n, t in trained.items()}, encoder=ENCODER_NAME)
-    calibration = calibrate(headset, data / "mbias-test", cache.embed)
+    headset = HeadSet(
+        heads={n: t.head for n, t in trained.items()}, encoder=ENCODER_NAME, adapter=cache.adapter
+    )
+    thresholds = calibrate(headset, pools, cache.embed)
 
     report: dict[str, Any] = {}
     for name, result in trained.items():
@@ -70,7 +91,7 @@ def train_judges(
         features = cache.embed([e.text for e in valid])
         report[name] = {
             "model": result.chosen,
-            "candidates_macro_roc_auc": result.candidates,
+            "candidates_dev_macro_roc_auc": result.candidates,
             "counts": result.counts,
             "dropped": dropped[name],
             "validation_at_0.5": result.validation,
@@ -79,9 +100,11 @@ def train_judges(
     headset.metadata = {
         "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "training": {
-            "split": "mbias.splits.is_heldout(text): held-out texts validate, the rest train",
+            "split": "mbias.splits: training side trains (encoder and heads), dev (is_dev) chooses the "
+            "head model and threshold, held out (is_heldout) validates",
+            "encoder": "LoRA fine-tuned on the heads' labels (encoder/tuning.json)" if tuning else "frozen",
             "balancing": "source weight ~ sqrt(source size), classes equal within a source",
-            "selection": "best validation macro ROC-AUC over sources among the candidates",
+            "selection": "best dev macro ROC-AUC over sources among the candidates",
             "sources": {
                 "toxicity": "ParaDetox toxic + toxic cannot-rewrite comments (1) vs neutral refs (0); "
                 "ToxiGen hate (1) vs neutral (0)",
@@ -93,31 +116,49 @@ def train_judges(
             },
         },
         "validation": report,
-        "calibration": calibration,
+        "thresholds": thresholds,
     }
-    _train_category(headset, cache, pairs, data, judge_data)
+    _train_category(headset, cache, pairs, data, judge_dir, categories)
     path = headset.save(output)
     for name in trained:
-        valid, cal = report[name]["validation_at_threshold"], calibration[name]
+        valid = report[name]["validation_at_threshold"]
         console.print(
-            f"{name}: {report[name]['model']}, threshold {headset.heads[name].threshold}; validation "
-            f"ROC-AUC {valid['all']['roc_auc']} F1 {valid['all']['f1']} acc {valid['all']['accuracy']}; "
-            f"vs GPT labels "
-            f"ROC-AUC {cal['at_threshold']['roc_auc']} acc {cal['at_threshold']['accuracy']}"
+            f"{name}: {report[name]['model']}, threshold {headset.heads[name].threshold} (dev); held-out "
+            f"ROC-AUC {valid['all']['roc_auc']} F1 {valid['all']['f1']} acc {valid['all']['accuracy']}"
         )
-    size = sum(p.stat().st_size for p in output.iterdir() if p.name.startswith("heads."))
-    console.print(f"wrote {path} ({size / 1024:.0f} KiB with weights)")
+    size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file() and p.name != "README.md")
+    console.print(f"wrote {path} ({size / 1024:.0f} KiB with weights and adapter)")
 
 
-def _train_category(headset: Any, cache: Any, pairs: Path, data: Path, judge_data: Path) -> None:
+def _tune(pools: dict, categories: list, adapter: Path, epochs: float) -> dict[str, Any]:
+    """Fine-tune the encoder with a progress bar; returns its summary."""
+    from mbias.judges.tune_encoder import EncoderTuning, tune_encoder
+
+    with progress_bar("tune encoder") as progress:
+        task = progress.add_task("tune encoder", total=None, rate="")
+
+        def update(step: int, steps: int, loss: float) -> None:
+            progress.update(task, completed=step, total=steps, rate=f"loss {loss:.3f}")
+
+        summary = tune_encoder(pools, categories, adapter, EncoderTuning(epochs=epochs), on_step=update)
+    console.print(
+        f"encoder: {summary['steps']} steps on {summary['texts']} texts, loss "
+        f"{summary['loss_first_tenth']} -> {summary['loss_last_tenth']} ({summary['wall_time_s']:.0f} s)"
+    )
+    return summary
+
+
+def _train_category(
+    headset: Any, cache: Any, pairs: Path, data: Path, judge_dir: Path | None, examples: list | None = None
+) -> None:
     """Fit the harm-category head on the training side, report it on the held-out side, attach it."""
     import numpy as np
 
     from mbias.judges.categories import category_examples, category_report, fit_category_head
 
-    examples = category_examples(pairs, data, judge_data if judge_data.is_dir() else None)
+    examples = examples if examples is not None else category_examples(pairs, data, judge_dir)
     _embed_with_progress(cache, [e.text for e in examples])
-    train = [e for e in examples if not e.heldout]
+    train = [e for e in examples if e.trains]
     valid = [e for e in examples if e.heldout]
     headset.category = fit_category_head(
         cache.embed([e.text for e in train]), np.array([e.label for e in train])

@@ -1,15 +1,13 @@
-"""Set each head's threshold against the paper's GPT-3.5 (DeepEval) scores on its test set.
+"""Each head's threshold, chosen on the judges' dev split; the paper's GPT-3.5 labels, for reports.
 
-Calibration only: these texts are never training data. The pool mixes the biased inputs with the
-rewrites of four systems, as the Debiaser sees them (screen inputs, verify rewrites); label = GPT
-score >= 0.5. The threshold makes each head flag the same share of the pool as GPT does.
+Thresholds: the one that maximises balanced accuracy averaged over the sources of the head's pool,
+on dev texts only (mbias.splits.is_dev): no head trained on them and no held-out figure is read
+to pick them, so benchmarks/judges.py's held-out figures remain a test. Averaging over sources
+makes the 480 advice pairs and the 1,400 fair sentences count as much as 30,000 ParaDetox
+sentences; a source with one class (the fair sentences) counts its accuracy.
 
-Why not the balanced-accuracy optimum: the heads rank these texts only moderately like GPT does
-(ROC-AUC about 0.72), and that optimum lands at extreme thresholds (0.004 for toxicity, which
-flags 44 % of the human gold rewrites and cuts held-out accuracy from 0.92 to 0.81). Matching
-GPT's rate keeps the heads' own held-out accuracy and flags gold rewrites about as often as GPT
-does. The optimum is still reported next to the chosen threshold. A two-fold split by text
-(mbias.splits.bucket parity) gives an out-of-fold estimate of the agreement on unseen texts.
+The paper's test set (mbias-test) is never used to choose anything: ``gpt_labels`` reads its
+GPT-3.5 (DeepEval) scores so benchmarks/judges.py can report agreement with them.
 """
 
 from __future__ import annotations
@@ -24,11 +22,11 @@ import numpy as np
 
 from mbias.errors import MbiasError
 from mbias.judges.heads import HeadSet
-from mbias.judges.metrics import best_balanced_threshold, binary_metrics, rate_matching_threshold
-from mbias.splits import bucket
+from mbias.judges.metrics import binary_metrics
+from mbias.judges.train_data import Example
 
 # file -> (text column, bias score column, toxicity score column)
-CALIBRATION_FILES = {
+GPT_SCORED_FILES = {
     "train-500-biased-evaluation.csv": ("biased_text", "Original_Bias_Score", "Original_Toxicity_Score"),
     "train-500-debiased-evaluation.csv": ("debiased_text", "Bias_Score", "Toxicity_Score"),
     "mbias-evaluation.csv": ("debiased_text", "Bias_Score", "Toxicity_Score"),
@@ -56,10 +54,10 @@ def _score(value: str | None) -> float | None:
 def gpt_labels(test_dir: Path) -> list[Judged]:
     """Every (text, head) the paper's judge scored successfully, as a 0/1 label."""
     judged = []
-    for name, (text_column, bias_column, toxicity_column) in CALIBRATION_FILES.items():
+    for name, (text_column, bias_column, toxicity_column) in GPT_SCORED_FILES.items():
         path = test_dir / name
         if not path.exists():
-            raise MbiasError(f"{path}: missing; calibration needs the mbias-test files")
+            raise MbiasError(f"{path}: missing; the GPT agreement figures need the mbias-test files")
         with path.open(encoding="utf-8", newline="") as handle:
             for row in csv.DictReader(handle):
                 text = (row.get(text_column) or "").strip()
@@ -72,40 +70,47 @@ def gpt_labels(test_dir: Path) -> list[Judged]:
     return judged
 
 
-def calibrate(heads: HeadSet, test_dir: Path, embed: Callable[[list[str]], np.ndarray]) -> dict[str, Any]:
-    """Set ``heads`` thresholds in place; return agreement figures with the GPT labels per head."""
-    judged = gpt_labels(test_dir)
+THRESHOLD_GRID = np.round(np.arange(0.005, 1.0, 0.005), 3)
+
+
+def macro_balanced_accuracy(
+    labels: np.ndarray, probs: np.ndarray, sources: np.ndarray, grid: np.ndarray = THRESHOLD_GRID
+) -> np.ndarray:
+    """Per threshold of ``grid``: balanced accuracy averaged over sources (a one-class source
+    counts its accuracy)."""
+    flagged = probs[None, :] >= grid[:, None]
+    per_source = []
+    for source in np.unique(sources):
+        mask = sources == source
+        classes = [
+            flagged[:, mask & (labels == c)] == bool(c) for c in (0, 1) if (mask & (labels == c)).any()
+        ]
+        per_source.append(np.mean([hit.mean(axis=1) for hit in classes], axis=0))
+    return np.mean(per_source, axis=0)
+
+
+def calibrate(
+    heads: HeadSet, pools: dict[str, list[Example]], embed: Callable[[list[str]], np.ndarray]
+) -> dict:
+    """Set each head's threshold on its pool's dev texts, in place; return the figures there."""
     report: dict[str, Any] = {}
     for name, head in heads.heads.items():
-        rows = [j for j in judged if j.head == name]
-        labels = np.array([j.label for j in rows])
-        probs = head.predict_proba(embed([j.text for j in rows]))
-        threshold = rate_matching_threshold(labels, probs)
-        balanced_optimum = best_balanced_threshold(labels, probs)
-        fold = np.array([bucket(j.text) % 2 for j in rows])
-        out_of_fold = np.zeros(len(rows), dtype=int)
-        for side in (0, 1):
-            fold_threshold = rate_matching_threshold(labels[fold != side], probs[fold != side])
-            out_of_fold[fold == side] = probs[fold == side] >= fold_threshold
-        files = {}
-        for file in CALIBRATION_FILES:
-            mask = np.array([j.file == file for j in rows])
-            files[file] = binary_metrics(labels[mask], probs[mask], threshold)
-        head.threshold = threshold
+        dev = [e for e in pools[name] if e.dev]
+        if not dev:
+            raise MbiasError(f"{name}: no dev texts (mbias.splits.is_dev) to choose a threshold on")
+        labels = np.array([e.label for e in dev])
+        sources = np.array([e.source for e in dev])
+        probs = head.predict_proba(embed([e.text for e in dev]))
+        scores = macro_balanced_accuracy(labels, probs, sources)
+        head.threshold = float(THRESHOLD_GRID[int(np.argmax(scores))])
         report[name] = {
-            "rule": "flag the same share as GPT-3.5 DeepEval (label = score >= 0.5) on the pool",
-            "threshold": threshold,
-            "at_threshold": binary_metrics(labels, probs, threshold),
-            "at_0.5": binary_metrics(labels, probs, 0.5),
-            "balanced_accuracy_optimum": {
-                "threshold": balanced_optimum,
-                **binary_metrics(labels, probs, balanced_optimum),
+            "rule": "maximise balanced accuracy averaged over sources on the dev split",
+            "threshold": head.threshold,
+            "dev_macro_balanced_accuracy": round(float(scores.max()), 4),
+            "dev_at_threshold": binary_metrics(labels, probs, head.threshold),
+            "dev_by_source": {
+                source: binary_metrics(labels[sources == source], probs[sources == source], head.threshold)
+                for source in sorted(set(sources.tolist()))
             },
-            "two_fold_out_of_fold_accuracy": round(float((out_of_fold == labels).mean()), 4),
-            "two_fold_out_of_fold_balanced_accuracy": binary_metrics(labels, out_of_fold.astype(float), 0.5)[
-                "balanced_accuracy"
-            ],
-            "gpt_positive_rate": round(float(labels.mean()), 4),
-            "by_file": files,
         }
     return report

@@ -1,8 +1,9 @@
 """The offline judge: a sentence encoder, classifier heads for toxicity and bias, cosine similarity.
 
-Everything a call needs comes from one encoder pass over its distinct texts. The Debiaser scores
-a candidate and then measures its similarity to the source, so a small memo of recent embeddings
-saves encoding the same text twice across those calls.
+The heads read the judge's own encoder (fine-tuned for them, mbias.judges.tune_encoder); meaning
+kept is the cosine of the packaged, untouched encoder, which was trained for exactly that and must
+not drift with the heads. The Debiaser scores a candidate and then measures its similarity to the
+source, so a small memo of recent embeddings per encoder saves encoding a text twice.
 """
 
 from __future__ import annotations
@@ -26,29 +27,34 @@ class EmbeddedJudge:
 
     def __init__(self, heads_path: str | Path | None = None, heads: HeadSet | None = None):
         self.heads = heads if heads is not None else HeadSet.load(Path(heads_path or HEADS_PATH))
-        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._memos: dict[Path | None, OrderedDict[str, np.ndarray]] = {}
 
     @property
     def thresholds(self) -> dict[str, float]:
         return {name: head.threshold for name, head in self.heads.heads.items()}
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """One unit-length row per text; each distinct text not in the memo is encoded once."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        """The heads' input: one unit-length row per text from the judge's own encoder."""
+        return self._vectors(texts, self.heads.adapter)
+
+    def _vectors(self, texts: list[str], adapter: Path | None) -> np.ndarray:
+        """Rows from one encoder; each distinct text not in that encoder's memo is encoded once."""
+        memo = self._memos.setdefault(adapter, OrderedDict())
+        missing = list(dict.fromkeys(t for t in texts if t not in memo))
         if missing:
-            for text, vector in zip(missing, encode(missing)):
-                self._memo[text] = vector
-            while len(self._memo) > MEMO_SIZE:
-                self._memo.popitem(last=False)
+            for text, vector in zip(missing, encode(missing, adapter)):
+                memo[text] = vector
+            while len(memo) > MEMO_SIZE:
+                memo.popitem(last=False)
         rows = []
         for text in texts:
-            vector = self._memo.get(text)
+            vector = memo.get(text)
             if vector is None:  # evicted within this very call (more distinct texts than the memo holds)
-                vector = encode([text])[0]
+                vector = encode([text], adapter)[0]
             else:
-                self._memo.move_to_end(text)
+                memo.move_to_end(text)
             rows.append(vector)
-        return np.stack(rows) if rows else encode([])
+        return np.stack(rows) if rows else encode([], adapter)
 
     def score_embeddings(self, embeddings: np.ndarray) -> list[dict[str, float]]:
         columns = {name: head.predict_proba(embeddings) for name, head in self.heads.heads.items()}
@@ -59,10 +65,10 @@ class EmbeddedJudge:
         return self.score_embeddings(self.embed(list(texts)))
 
     def similarity(self, sources: list[str], outputs: list[str]) -> list[float]:
-        """Cosine similarity of each source with its output (meaning retained)."""
+        """Cosine similarity of each source with its output (meaning retained), packaged encoder."""
         if len(sources) != len(outputs):
             raise MbiasError(f"similarity needs pairs: {len(sources)} sources but {len(outputs)} outputs")
-        vectors = self.embed(list(sources) + list(outputs))
+        vectors = self._vectors(list(sources) + list(outputs), None)
         left, right = vectors[: len(sources)], vectors[len(sources) :]
         return [float(v) for v in np.clip(np.sum(left * right, axis=1), -1.0, 1.0)]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mbias import config
-from mbias.judges.encoder import ENCODER_NAME, encode
+from mbias.judges.encoder import encode, encoder_id
 
 CHUNK = 1024
 
@@ -24,8 +24,11 @@ def text_key(text: str) -> str:
 
 
 class EmbeddingCache:
-    def __init__(self, directory: Path | None = None):
-        self.directory = directory or config.cache_dir() / "embeddings" / ENCODER_NAME
+    """Vectors of one encoder (the packaged one, or it with ``adapter`` merged), kept on disk."""
+
+    def __init__(self, directory: Path | None = None, adapter: Path | None = None):
+        self.adapter = adapter
+        self.directory = directory or config.cache_dir() / "embeddings" / encoder_id(adapter)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.vectors: dict[str, np.ndarray] = {}
         for shard in sorted(self.directory.glob("*.npz")):
@@ -43,12 +46,12 @@ class EmbeddingCache:
             on_progress(0, len(missing))
         for start in range(0, len(missing), CHUNK):
             chunk = missing[start : start + CHUNK]
-            vectors = encode(chunk)
+            vectors = encode(chunk, self.adapter)
             keys = [text_key(t) for t in chunk]
             np.savez(self.directory / f"{uuid.uuid4().hex}.npz", keys=np.array(keys), vectors=vectors)
             self.vectors.update(zip(keys, vectors))
             if on_progress:
                 on_progress(min(start + CHUNK, len(missing)), len(missing))
         if not texts:
-            return encode([])
+            return encode([], self.adapter)
         return np.stack([self.vectors[text_key(t)] for t in texts])

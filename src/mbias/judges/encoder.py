@@ -6,11 +6,17 @@ process that judges imports neither torch nor transformers: those imports cost a
 one-text ``mbias debias`` here (sentence-transformers' stack cost 11-14 s). The ONNX graph is
 exported from the packaged weights once (torch, eager attention, about 5 s) and cached; its vectors
 match the transformers model's to 1e-6 (tests/test_judges.py). Loaded once per process.
+
+A LoRA adapter (the judge's fine-tuned encoder, mbias.judges.tune_encoder) is merged into the
+weights before export; each adapter gets its own cached graph, named by its weights' digest, so a
+retrained adapter never reuses a stale graph. Without an adapter, the packaged model as it is: the
+judges measure meaning kept with it, whatever their heads were tuned on.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mbias.config import cache_dir
+from mbias.errors import MbiasError
 from mbias.profile import stage
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
@@ -39,25 +46,49 @@ def max_tokens(directory: Path) -> int:
     return json.loads(settings.read_text())["max_seq_length"] if settings.exists() else 256
 
 
-def onnx_model() -> Path:
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@functools.cache
+def encoder_id(adapter: Path | None = None) -> str:
+    """The encoder's name, with the digest of its adapter's weights when it has one."""
+    if adapter is None:
+        return ENCODER_NAME
+    weights = Path(adapter) / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise MbiasError(f"{adapter}: no {ADAPTER_WEIGHTS}; re-run 'mbias train-judges'")
+    return f"{ENCODER_NAME}+{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}"
+
+
+def torch_encoder(adapter: Path | None = None, attention: str = "eager") -> Any:
+    """The encoder as a transformers model, with ``adapter`` merged into its weights."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(model_dir()), attn_implementation=attention)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model.eval()
+
+
+def onnx_model(adapter: Path | None = None) -> Path:
     """The encoder as an ONNX graph, exported from the packaged weights once and cached.
 
     Eager attention, because the traced SDPA path bakes the trace's padding into the graph (its
     vectors were off by 0.05); the export is written to a temporary file and renamed into place.
     """
-    target = cache_dir() / "onnx" / f"{ENCODER_NAME}.onnx"
+    name = encoder_id(adapter)
+    target = cache_dir() / "onnx" / f"{name}.onnx"
     if target.exists():
         return target
     import torch
     from rich.console import Console
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    Console(stderr=True).print(
-        f"[dim]Exporting {ENCODER_NAME} to ONNX once (seconds); cached in {target}[/dim]"
-    )
-    directory = str(model_dir())
-    model = AutoModel.from_pretrained(directory, attn_implementation="eager").eval()
-    sample = AutoTokenizer.from_pretrained(directory)(
+    Console(stderr=True).print(f"[dim]Exporting {name} to ONNX once (seconds); cached in {target}[/dim]")
+    model = torch_encoder(adapter)
+    sample = AutoTokenizer.from_pretrained(str(model_dir()))(
         ["a short text", "a longer text, padded beside the short one"], padding=True, return_tensors="pt"
     )
 
@@ -95,7 +126,7 @@ def onnx_model() -> Path:
 
 
 @functools.cache
-def load_encoder() -> tuple[Any, Any, int]:
+def load_encoder(adapter: Path | None = None) -> tuple[Any, Any, int]:
     """(tokenizer, ONNX Runtime session, hidden size), from the package's directory and the cache."""
     with stage("load"):
         import onnxruntime
@@ -109,13 +140,15 @@ def load_encoder() -> tuple[Any, Any, int]:
         tokenizer.enable_padding(pad_id=pad, pad_token=tokenizer.id_to_token(pad))
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about the graph are ours to read, not the user's
-        session = onnxruntime.InferenceSession(str(onnx_model()), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(
+            str(onnx_model(adapter)), options, providers=["CPUExecutionProvider"]
+        )
         return tokenizer, session, model_config["hidden_size"]
 
 
-def encode(texts: list[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
+def encode(texts: list[str], adapter: Path | None = None, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Unit-length float32 embeddings, one row per text (so a dot product is the cosine)."""
-    tokenizer, session, hidden = load_encoder()
+    tokenizer, session, hidden = load_encoder(adapter)
     rows = np.zeros((len(texts), hidden), dtype=np.float32)
     # Similar lengths share a batch, so little compute goes to padding; rows go back in input order.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))

@@ -60,6 +60,8 @@ class HeadSet:
     encoder: str
     metadata: dict[str, Any] = field(default_factory=dict)
     category: Head | None = None  # which harm a flagged text does (mbias.judges.categories)
+    # the LoRA adapter directory the heads' vectors came through (beside heads.json), None = frozen
+    adapter: Path | None = None
 
     def save(self, directory: Path) -> Path:
         """Write ``heads.json`` (thresholds, metadata, metrics) and ``heads.npz`` (weights)."""
@@ -78,6 +80,7 @@ class HeadSet:
         category = {"category": described.pop("category")} if self.category else {}
         document = {
             "encoder": self.encoder,
+            **({"encoder_adapter": self.adapter.name} if self.adapter else {}),
             "weights": WEIGHTS_FILE,
             "heads": described,
             **category,
@@ -111,6 +114,12 @@ class HeadSet:
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise MbiasError(f"{path}: unreadable judge heads ({exc}); re-run 'mbias train-judges'") from None
-        metadata = {k: v for k, v in document.items() if k not in ("encoder", "weights", "heads", "category")}
+        own = ("encoder", "encoder_adapter", "weights", "heads", "category")
+        metadata = {k: v for k, v in document.items() if k not in own}
         category = heads.pop("category", None)
-        return cls(heads=heads, encoder=document["encoder"], metadata=metadata, category=category)
+        adapter = path.parent / document["encoder_adapter"] if document.get("encoder_adapter") else None
+        if adapter is not None and not adapter.is_dir():
+            raise MbiasError(f"{path}: its encoder adapter {adapter} is missing; re-run 'mbias train-judges'")
+        return cls(
+            heads=heads, encoder=document["encoder"], metadata=metadata, category=category, adapter=adapter
+        )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mbias.errors import MbiasError
-from mbias.splits import is_heldout, normalise
+from mbias.splits import is_dev, is_heldout, normalise
 
 HEADS = ("toxicity", "bias")
 
@@ -28,6 +28,15 @@ class Example:
     @property
     def heldout(self) -> bool:
         return is_heldout(self.text)
+
+    @property
+    def dev(self) -> bool:
+        return is_dev(self.text)
+
+    @property
+    def trains(self) -> bool:
+        """On the training side: neither held out (test) nor dev (model and threshold choice)."""
+        return not (self.heldout or self.dev)
 
 
 def _rows(path: Path, delimiter: str, encoding: str = "utf-8") -> Iterator[dict[str, str]]:

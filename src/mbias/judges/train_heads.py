@@ -1,9 +1,9 @@
-"""Fit the toxicity and bias heads on frozen embeddings and pick each head's model by validation.
+"""Fit the toxicity and bias heads on the encoder's vectors and pick each head's model on dev texts.
 
-Training uses only texts outside the held-out split (mbias.splits); the held-out texts give the
-validation figures. Candidates are logistic regressions and one-hidden-layer MLPs; the one with
-the best macro ROC-AUC over sources wins, so a large source (ParaDetox) cannot hide a poor fit on
-a small one (ToxiGen).
+Training uses the training side only (Example.trains); the dev texts choose the model, the held-out
+texts give the validation figures (mbias.splits). Candidates are logistic regressions and
+one-hidden-layer MLPs; the one with the best macro ROC-AUC over sources wins, so a large source
+(ParaDetox) cannot hide a poor fit on a small one (ToxiGen).
 """
 
 from __future__ import annotations
@@ -94,32 +94,33 @@ def evaluate(head: Head, features: np.ndarray, examples: list[Example], threshol
 class TrainedHead:
     head: Head
     chosen: str
-    candidates: dict[str, float | None]  # candidate -> validation macro ROC-AUC
-    validation: dict[str, Any]
+    candidates: dict[str, float | None]  # candidate -> dev macro ROC-AUC
+    validation: dict[str, Any]  # held out
     counts: dict[str, Any]
 
 
 def train_head(
     examples: list[Example], embed: Callable[[list[str]], np.ndarray], log: Callable[[str], None] = print
 ) -> TrainedHead:
-    """Fit every candidate on the training side, keep the best by validation macro ROC-AUC."""
-    train = [e for e in examples if not e.heldout]
+    """Fit every candidate on the training side, keep the best by dev macro ROC-AUC."""
+    train = [e for e in examples if e.trains]
+    dev = [e for e in examples if e.dev]
     valid = [e for e in examples if e.heldout]
-    x_train, x_valid = embed([e.text for e in train]), embed([e.text for e in valid])
+    x_train, x_dev, x_valid = (embed([e.text for e in part]) for part in (train, dev, valid))
     y_train, weights = np.array([e.label for e in train]), balanced_weights(train)
     scores: dict[str, float | None] = {}
     fitted: dict[str, Head] = {}
     for name, spec in CANDIDATES.items():
         start = time.perf_counter()
         fitted[name] = fit_head(x_train, y_train, weights, spec)
-        scores[name] = evaluate(fitted[name], x_valid, valid, 0.5)["macro_roc_auc"]
-        log(f"  {name}: validation macro ROC-AUC {scores[name]} ({time.perf_counter() - start:.1f} s)")
+        scores[name] = evaluate(fitted[name], x_dev, dev, 0.5)["macro_roc_auc"]
+        log(f"  {name}: dev macro ROC-AUC {scores[name]} ({time.perf_counter() - start:.1f} s)")
     chosen = max(scores, key=lambda n: scores[n] or 0.0)
     counts = {
         split: {
             f"{s}:{label}": n for (s, label), n in sorted(Counter((e.source, e.label) for e in part).items())
         }
-        for split, part in (("train", train), ("validation", valid))
+        for split, part in (("train", train), ("dev", dev), ("validation", valid))
     }
     return TrainedHead(
         head=fitted[chosen],
