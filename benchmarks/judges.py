@@ -1,6 +1,7 @@
 """Embedded judge benchmark: speed, held-out screening figures, false alarms, agreement with GPT labels.
 
 Usage: python benchmarks/judges.py [--data ../shared/data] [--texts 512] [--heads runs/judge/heads.json]
+       python benchmarks/judges.py --second llamacpp:gguf:qwen2.5-coder-1.5b [--per-set 40]
 
 Screening figures use the decision the Debiaser makes (``is_unsafe`` at the calibrated thresholds)
 on held-out texts only (mbias.splits.is_heldout): ToxiGen statements and bias-set pairs (ROC-AUC of
@@ -26,7 +27,15 @@ import torch
 from mbias.judges.calibrate import gpt_labels
 from mbias.judges.embedded import EmbeddedJudge
 from mbias.judges.metrics import binary_metrics
-from mbias.judges.train_data import Example, advice, bias_pairs, negatives, toxigen
+from mbias.judges.train_data import (
+    Example,
+    advice,
+    bias_pairs,
+    holistic_descriptors,
+    identity_phrases,
+    negatives,
+    toxigen,
+)
 from mbias.splits import is_heldout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +78,14 @@ def main() -> None:
     )
     parser.add_argument("--texts", type=int, default=512)
     parser.add_argument("--heads", type=Path, help="heads.json of a trained judge (default: the shipped one)")
+    parser.add_argument(
+        "--second", metavar="SPEC", help="only measure the second stage: an LLM judge engine spec (llm:SPEC)"
+    )
+    parser.add_argument("--per-set", type=int, default=40, help="with --second: held-out texts per set")
     args = parser.parse_args()
+    if args.second:
+        second_stage(EmbeddedJudge(heads_path=args.heads), args.second, args.data, args.per_set)
+        return
 
     judge = EmbeddedJudge(heads_path=args.heads)
     judged = gpt_labels(args.data / "mbias-test")
@@ -122,28 +138,17 @@ def _held_out(examples: list[Example]) -> list[Example]:
     return [e for e in dict.fromkeys(examples) if is_heldout(e.text)]
 
 
-def holistic_sentences(data: Path) -> dict[str, list[str]]:
-    """Neutral sentences per HolisticBias axis: each preferred descriptor in each neutral template."""
-    import json
-
-    descriptors = json.loads((data / "holistic-bias" / "v1.1" / "descriptors.json").read_text())
-    out: dict[str, list[str]] = {}
-    for axis, buckets in descriptors.items():
-        if axis == "nonce":
-            continue
-        terms = [
-            d if isinstance(d, str) else d["descriptor"]
-            for group in (buckets.values() if isinstance(buckets, dict) else [buckets])
-            for d in group
-            if isinstance(d, str) or d.get("preference") != "dispreferred"
+def holistic_sentences(data: Path) -> dict[str, list[tuple[str, bool]]]:
+    """(sentence, descriptor held out) per HolisticBias axis: each descriptor in each neutral
+    template. The judge trains on other templates, and never on held-out descriptors."""
+    return {
+        axis: [
+            (template.format(**identity_phrases(term)), is_heldout(term))
+            for term in terms
+            for template in NEUTRAL_TEMPLATES
         ]
-        for term in dict.fromkeys(terms):
-            article = "an" if term[0].lower() in "aeiou" else "a"
-            for template in NEUTRAL_TEMPLATES:
-                out.setdefault(axis, []).append(
-                    template.format(a=f"{article} {term} person", many=f"{term} people")
-                )
-    return out
+        for axis, terms in holistic_descriptors(data).items()
+    }
 
 
 def screening(judge: EmbeddedJudge, data: Path) -> None:
@@ -177,15 +182,50 @@ def screening(judge: EmbeddedJudge, data: Path) -> None:
         for kind in sorted({kinds[e.text] for e in fair}):
             mine = [f for f, e in zip(flags, fair) if kinds[e.text] == kind]
             print(f"  fair {kind:17} n {len(mine):>5}  false alarms {np.mean(mine):.3f}")
-    print("false alarms on HolisticBias descriptors in neutral templates, per axis:")
-    for axis, sentences in holistic_sentences(data).items():
-        flags, _ = _flags(judge, sentences)
-        print(f"  {axis:22} n {len(sentences):>5}  false alarms {flags.mean():.3f}")
+    print("false alarms, HolisticBias descriptors in neutral templates, per axis (all / unseen descriptors):")
+    for axis, rows in holistic_sentences(data).items():
+        flags, _ = _flags(judge, [sentence for sentence, _ in rows])
+        unseen = np.array([held for _, held in rows])
+        held = f"{flags[unseen].mean():.3f}" if unseen.any() else "-"
+        print(f"  {axis:22} n {len(rows):>5} / {unseen.sum():>4}  false alarms {flags.mean():.3f} / {held}")
     sentences = [e.text for e in fair] or [e.text for e in _held_out(list(toxigen(data)))]
     start = time.perf_counter()
     judge.score([f"{t} ({i})" for i, t in enumerate(sentences * 2)])  # distinct: no memo hits
     rate = 2 * len(sentences) / (time.perf_counter() - start)
     print(f"sentences/s (screening one sentence at a time in batches): {rate:.0f}")
+
+
+def second_stage(first: EmbeddedJudge, spec: str, data: Path, per_set: int) -> None:
+    """Decisions of the embedded judge alone and with an LLM judge on its uncertain band, on the
+    same held-out samples (every n-th text, so both classes of each set stay represented)."""
+    from mbias.judges.cascade import CascadeJudge
+    from mbias.judges.llm import LLMJudge
+
+    cascade = CascadeJudge(first, LLMJudge(spec))
+    sets = {
+        "ToxiGen statements": _held_out(list(toxigen(data))),
+        "discriminatory advice": _held_out(list(advice(ROOT / "data" / "judge"))),
+        "fair sentences": _held_out(list(negatives(ROOT / "data" / "judge"))),
+    }
+    print(f"second stage {cascade.name}, band {cascade.band} x threshold, {per_set} held-out texts a set:")
+    print(f"{'set':22} {'judge':9} {'recall':>6} {'false alarms':>12} {'asked':>5} {'s/text':>6}")
+    for name, examples in sets.items():
+        sample = examples[:: max(1, len(examples) // per_set)][:per_set]
+        labels = np.array([e.label for e in sample])
+        texts = [e.text for e in sample]
+        asked = cascade.asked
+        start = time.perf_counter()
+        for label, judge in (("embedded", first), ("+ LLM", cascade)):
+            flags, _ = _flags(judge, texts)
+            recall = f"{flags[labels == 1].mean():.3f}" if (labels == 1).any() else "-"
+            alarms = f"{flags[labels == 0].mean():.3f}" if (labels == 0).any() else "-"
+            extra = (
+                f"{cascade.asked - asked:>5} {(time.perf_counter() - start) / len(texts):>6.2f}"
+                if judge is cascade
+                else ""
+            )
+            print(f"{name:22} {label:9} {recall:>6} {alarms:>12} {extra}")
+    print(f"second-stage answers unusable (first stage kept): {cascade.failed} of {cascade.asked}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,15 @@ from mbias.judges.calibrate import calibrate, macro_balanced_accuracy
 from mbias.judges.embedded import EmbeddedJudge
 from mbias.judges.heads import Head, HeadSet
 from mbias.judges.metrics import binary_metrics
-from mbias.judges.train_data import Example, bias_pairs, clean
+from mbias.judges.train_data import (
+    IDENTITY_TEMPLATES_PER_DESCRIPTOR,
+    Example,
+    bias_pairs,
+    clean,
+    identity_mentions,
+)
 from mbias.judges.train_heads import _fold_scaler, balanced_weights
+from mbias.splits import is_heldout
 
 DIM = 4
 
@@ -215,6 +222,29 @@ def test_bias_pairs_label_rewrites_and_keeps_and_skip_a_half_written_line(tmp_pa
         ("the shop opens at nine", 0),
     ]
     assert list(bias_pairs(tmp_path / "absent")) == []
+
+
+def test_identity_mentions_skip_held_out_dispreferred_and_nonce_descriptors(tmp_path):
+    words = [f"tall{i}" for i in range(40)]
+    seen = [w for w in words if not is_heldout(w)][:2]
+    unseen = [w for w in words if is_heldout(w)][:1]
+    descriptors = {
+        "body_type": [*seen, *unseen],
+        "age": {"old": [{"descriptor": "elderly", "preference": "dispreferred"}, {"descriptor": "older"}]},
+        "nonce": ["blicket"],
+    }
+    folder = tmp_path / "holistic-bias" / "v1.1"
+    folder.mkdir(parents=True)
+    (folder / "descriptors.json").write_text(json.dumps(descriptors), encoding="utf-8")
+    examples = list(identity_mentions(tmp_path))
+    named = {
+        w for w in [*seen, *unseen, "elderly", "older", "blicket"] for e in examples if f" {w} " in e.text
+    }
+    expected = {w for w in [*seen, "older"] if not is_heldout(w)}
+    assert named == expected
+    assert len(examples) == IDENTITY_TEMPLATES_PER_DESCRIPTOR * len(expected)
+    assert {e.label for e in examples} == {0} and {e.source for e in examples} == {"identity"}
+    assert len({e.text for e in examples}) == len(examples)  # distinct templates per descriptor
 
 
 def test_binary_metrics_at_a_threshold():

@@ -13,6 +13,8 @@ from fastapi import FastAPI, Request
 
 from mbias.errors import MbiasError
 from mbias.eval.metrics import evaluate
+from mbias.judges import load_judge
+from mbias.judges.cascade import CascadeJudge, onto_threshold
 from mbias.judges.llm import JudgeAnswerError, LLMJudge, extract_json_object, parse_items, parse_verdicts
 from mbias.prompts import JUDGE_VERDICT
 from mbias.serve.background import free_port, serve_in_thread
@@ -109,12 +111,12 @@ def scripted_answer(prompt: str, seen: dict) -> str:
     seen["prompts"].append(prompt)
     kind = re.search(r'Its only key is "(\w+)"', prompt).group(1)
     if kind != "verdicts":
-        text = _between(prompt, "Text:\n", "\n\nJSON:")
+        text = _between(prompt + "\n\n", "Text:\n", "\n\n")
         if "ALWAYSBAD" in text or ("MALFORMED" in text and "previous answer was rejected" not in prompt):
             return "Sure! {" + kind + ": [oops"
         return "```json\n" + json.dumps({kind: [s.strip() for s in text.split(".") if s.strip()]}) + "\n```"
     metric = next(m for m, instruction in JUDGE_VERDICT.items() if prompt.startswith(instruction))
-    items = [line.split(". ", 1)[1] for line in _between(prompt, "Items:\n", "\n\nJSON:").splitlines()]
+    items = [line.split(". ", 1)[1] for line in _between(prompt + "\n\n", "Items:\n", "\n\n").splitlines()]
     if metric in ("bias", "toxicity"):
         verdicts = ["yes" if "idiot" in item.lower() else "no" for item in items]
     elif metric == "retention":
@@ -206,3 +208,52 @@ def test_unreachable_judge_is_a_one_line_error(tmp_path):
     assert (
         len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
     )  # above it: the progress bar
+
+
+# -- second stage -----------------------------------------------------------------------------------
+class FixedJudge:
+    """A first stage whose scores are set per text, with its own thresholds."""
+
+    thresholds = {"toxicity": 0.4, "bias": 0.2}
+
+    def __init__(self, scores: dict[str, tuple[float, float]]):
+        self.scores = scores
+
+    def score(self, texts):
+        return [dict(zip(("toxicity", "bias"), self.scores[t])) for t in texts]
+
+    def is_unsafe(self, scores, margin=1.0):
+        return any(scores[h] >= margin * t for h, t in self.thresholds.items())
+
+
+def test_threshold_mapping_is_monotone_and_keeps_the_decision():
+    assert onto_threshold(0.5, 0.5, 0.2) == pytest.approx(0.2)
+    assert onto_threshold(0.0, 0.5, 0.2) == 0.0 and onto_threshold(1.0, 0.5, 0.2) == pytest.approx(1.0)
+    mapped = [onto_threshold(s / 10, 0.5, 0.3) for s in range(11)]
+    assert mapped == sorted(mapped) and (mapped[4] < 0.3 <= mapped[5])
+    with pytest.raises(ValueError, match="band"):
+        CascadeJudge(FixedJudge({}), LLMJudge(GarbageEngine()), band=(0.5, 0.9))
+
+
+def test_second_stage_rescores_only_the_uncertain_band_over_http(judge_server):
+    spec, seen = judge_server
+    texts = {
+        "Idiots are clearly idiots.": (0.9, 0.1),  # sure: toxicity 2.25x its threshold
+        "The shop opens at nine.": (0.01, 0.01),  # sure clean
+        "Idiots run the council.": (0.25, 0.05),  # in band, first stage says clean
+        "The pool closed on Monday.": (0.3, 0.15),  # in band, first stage flags it at margin 0.5
+        "ALWAYSBAD text.": (0.3, 0.1),  # in band, the LLM never answers well
+    }
+    judge = CascadeJudge(FixedJudge(texts), LLMJudge(spec, retries=1), band=(0.5, 2.0))
+    scores = dict(zip(texts, judge.score(list(texts))))
+    asked = {t for t in texts if any(t in p for p in seen["prompts"])}
+    assert asked == {"Idiots run the council.", "The pool closed on Monday.", "ALWAYSBAD text."}
+    assert (judge.asked, judge.failed) == (3, 1)
+    assert judge.is_unsafe(scores["Idiots run the council."])  # the LLM overrules the first stage
+    assert not judge.is_unsafe(scores["The pool closed on Monday."], margin=0.5)
+    assert scores["ALWAYSBAD text."] == {"toxicity": 0.3, "bias": 0.1}  # failure keeps the first stage
+    assert scores["Idiots are clearly idiots."] == {"toxicity": 0.9, "bias": 0.1}
+    before = len(seen["prompts"])
+    judge.score(["Idiots run the council."])
+    assert len(seen["prompts"]) == before  # asked once per text
+    assert isinstance(load_judge(f"embedded+llm:{spec}"), CascadeJudge)

@@ -225,7 +225,7 @@ def judge_extract_prompt(kind: str, text: str) -> str:
     """Step 1: the list of ``kind`` (opinions, facts, claims, statements) in ``text``."""
     return (
         f'{JUDGE_EXTRACT[kind]}\n\n{_JSON_RULE} Its only key is "{kind}", a list of strings '
-        f"(an empty list if there are none).\n\nText:\n{text}\n\nJSON:"
+        f"(an empty list if there are none).\n\nText:\n{text}"
     )
 
 
@@ -245,7 +245,7 @@ def judge_verdict_prompt(
     return (
         f'{JUDGE_VERDICT[metric]}\n\n{_JSON_RULE} Its only key is "verdicts": a list with exactly '
         f'{len(items)} objects, one per item in order, each {{"verdict": {allowed}, "reason": "one short '
-        f'sentence"}}.\n\n{context}Items:\n{listed}\n\nJSON:'
+        f'sentence"}}.\n\n{context}Items:\n{listed}'
     )
 
 

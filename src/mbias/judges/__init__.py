@@ -49,7 +49,14 @@ def score_by_sentence(judge: Judge, texts: list[str]) -> list[dict[str, float]]:
 
 
 def load_judge(spec: str = "embedded") -> Judge:
-    """``embedded`` (encoder + shipped heads) or ``llm:<engine spec>``."""
+    """``embedded`` (encoder + shipped heads), ``llm:<engine spec>``, or ``embedded+llm:<engine
+    spec>`` (the LLM re-scores only the embedded judge's uncertain band)."""
+    if spec.startswith("embedded+llm:"):
+        from mbias.judges.cascade import CascadeJudge
+        from mbias.judges.embedded import EmbeddedJudge
+        from mbias.judges.llm import LLMJudge
+
+        return CascadeJudge(EmbeddedJudge(), LLMJudge(spec[len("embedded+llm:") :]))
     if spec == "embedded":
         from mbias.judges.embedded import EmbeddedJudge
 
@@ -60,4 +67,6 @@ def load_judge(spec: str = "embedded") -> Judge:
         return LLMJudge(spec[4:])
     from mbias.errors import MbiasError
 
-    raise MbiasError(f"unknown judge {spec!r}; use 'embedded' or 'llm:<engine spec>'")
+    raise MbiasError(
+        f"unknown judge {spec!r}; use 'embedded', 'llm:<engine spec>' or 'embedded+llm:<engine spec>'"
+    )

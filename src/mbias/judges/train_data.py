@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mbias.errors import MbiasError
-from mbias.splits import is_dev, is_heldout, normalise
+from mbias.splits import bucket, is_dev, is_heldout, normalise
 
 HEADS = ("toxicity", "bias")
 
@@ -116,6 +116,64 @@ def negatives(directory: Path) -> Iterator[Example]:
         yield Example(row["text"], 0, "negatives")
 
 
+# Neutral sentences that name a group and say nothing about it. benchmarks/judges.py measures false
+# alarms on HolisticBias's own templates, none of which is here, so its figure stays a test.
+IDENTITY_TEMPLATES = (
+    "Hi, I'm {a}.",
+    "Just so you know, I'm {a}.",
+    "How are you? I'm {a}.",
+    "I'm currently {a}.",
+    "My neighbour is {a}.",
+    "The new manager is {a}.",
+    "She wrote a book about growing up as {a}.",
+    "He is {a} and works as an accountant.",
+    "Our team includes {many}.",
+    "The survey asked {many} about their commute.",
+    "The clinic serves {many} from across the city.",
+    "The museum hired {many} as guides this summer.",
+)
+IDENTITY_TEMPLATES_PER_DESCRIPTOR = 4
+
+
+def holistic_descriptors(data: Path) -> dict[str, list[str]]:
+    """HolisticBias descriptors per axis (v1.1), without the ones its authors mark dispreferred."""
+    path = data / "holistic-bias" / "v1.1" / "descriptors.json"
+    if not path.exists():
+        raise MbiasError(f"{path}: missing; pass --data pointing at the shared data folder")
+    out: dict[str, list[str]] = {}
+    for axis, buckets in json.loads(path.read_text(encoding="utf-8")).items():
+        if axis == "nonce":  # made-up words, not groups
+            continue
+        groups = buckets.values() if isinstance(buckets, dict) else [buckets]
+        terms = [
+            d if isinstance(d, str) else d["descriptor"]
+            for group in groups
+            for d in group
+            if isinstance(d, str) or d.get("preference") != "dispreferred"
+        ]
+        out[axis] = list(dict.fromkeys(terms))
+    return out
+
+
+def identity_phrases(term: str) -> dict[str, str]:
+    """Template slots for one descriptor: 'a deaf person', 'deaf people'."""
+    article = "an" if term[0].lower() in "aeiou" else "a"
+    return {"a": f"{article} {term} person", "many": f"{term} people"}
+
+
+def identity_mentions(data: Path) -> Iterator[Example]:
+    """HolisticBias descriptors in neutral templates (0), a few templates per descriptor chosen by
+    hash. Descriptors on the held-out side never appear, so the benchmark can report them apart."""
+    for terms in holistic_descriptors(data).values():
+        for term in terms:
+            if is_heldout(term):
+                continue
+            first = bucket(term) % len(IDENTITY_TEMPLATES)
+            for offset in range(IDENTITY_TEMPLATES_PER_DESCRIPTOR):
+                template = IDENTITY_TEMPLATES[(first + 3 * offset) % len(IDENTITY_TEMPLATES)]
+                yield Example(template.format(**identity_phrases(term)), 0, "identity")
+
+
 def test_set_texts(data: Path) -> set[str]:
     """Normalised texts of the paper's test set (inputs and every rewrite), never to be trained on."""
     texts: set[str] = set()
@@ -154,9 +212,10 @@ def head_pools(
     data: Path, pairs_dir: Path, judge_dir: Path | None = None
 ) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]]]:
     """Examples per head, cleaned, and how many were dropped why. ``judge_dir`` (data/judge) adds
-    discriminatory advice to the bias head and fair sentences to both heads."""
+    discriminatory advice to the bias head and fair sentences to both heads; identity mentions
+    (HolisticBias) go to both heads as negatives."""
     shared_toxigen = list(toxigen(data))
-    fair = list(negatives(judge_dir)) if judge_dir else []
+    fair = (list(negatives(judge_dir)) if judge_dir else []) + list(identity_mentions(data))
     raw = {
         "toxicity": list(paradetox(data)) + shared_toxigen + fair,
         "bias": shared_toxigen + list(babe(data)) + list(bias_pairs(pairs_dir)) + fair,
