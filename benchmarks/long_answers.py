@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
         answers = answers[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    judge = load_judge("embedded")
+    judge = load_judge(args.judge)
     judge.score(["warm-up"])
     sentence = Debiaser(args.engine, judge=judge, settings=DebiasSettings(granularity="sentence"))
     whole = Debiaser(sentence.engine, judge=judge, settings=DebiasSettings(granularity="text"))
@@ -219,6 +219,7 @@ def main() -> None:
     seg.add_argument("--show", type=int, default=0, help="print up to N wrong sentences per answer")
     go = commands.add_parser("run", help="the benchmark figures")
     go.add_argument("--engine", default="mbias-270m")
+    go.add_argument("--judge", default="embedded", help="embedded, embedded:PATH (trained heads), ...")
     go.add_argument("--seed", type=int, default=0)
     go.add_argument("--limit", type=int, default=0, help="only the first N answers (0: all)")
     go.add_argument("--baseline", type=int, default=20, help="clean and biased answers timed in both modes")

@@ -12,6 +12,7 @@ import pytest
 from mbias.errors import MbiasError
 from mbias.judges import embedded as embedded_module
 from mbias.judges import embedding_cache as cache_module
+from mbias.judges import load_judge
 from mbias.judges.calibrate import calibrate, macro_balanced_accuracy
 from mbias.judges.embedded import EmbeddedJudge
 from mbias.judges.heads import Head, HeadSet
@@ -89,6 +90,8 @@ def test_headset_round_trip_keeps_weights_thresholds_and_metadata(tmp_path):
     x = np.stack([unit(0), unit(1)])
     for name in heads.heads:
         assert loaded.heads[name].predict_proba(x) == pytest.approx(heads.heads[name].predict_proba(x))
+    for spec in (f"embedded:{tmp_path}", f"embedded:{tmp_path / 'heads.json'}"):  # heads a user trained
+        assert load_judge(spec).thresholds == {"toxicity": 0.3, "bias": 0.7}
 
 
 def test_missing_heads_is_a_user_error(tmp_path):

@@ -37,7 +37,11 @@ def debias(
         str, typer.Option(help="Short name or spec: mbias-270m, mbias-7b, hf:..., openai:URL#MODEL.")
     ] = "",
     judge: Annotated[
-        str, typer.Option(help="'embedded', 'llm:SPEC', 'embedded+llm:SPEC', 'none', or '' for the default.")
+        str,
+        typer.Option(
+            help="'embedded', 'embedded:PATH' (trained heads), 'llm:SPEC', 'embedded+llm:SPEC', 'none', "
+            "or '' for the default."
+        ),
     ] = "",
     prompt_style: Annotated[str | None, typer.Option(help="Override the model's prompt style.")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,

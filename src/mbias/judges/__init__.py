@@ -49,18 +49,22 @@ def score_by_sentence(judge: Judge, texts: list[str]) -> list[dict[str, float]]:
 
 
 def load_judge(spec: str = "embedded") -> Judge:
-    """``embedded`` (encoder + shipped heads), ``llm:<engine spec>``, or ``embedded+llm:<engine
-    spec>`` (the LLM re-scores only the embedded judge's uncertain band)."""
+    """``embedded`` (encoder + shipped heads), ``embedded:PATH`` (heads from ``mbias train-judges
+    --output PATH``), ``llm:<engine spec>``, or ``embedded+llm:<engine spec>`` (the LLM re-scores
+    only the embedded judge's uncertain band)."""
     if spec.startswith("embedded+llm:"):
         from mbias.judges.cascade import CascadeJudge
         from mbias.judges.embedded import EmbeddedJudge
         from mbias.judges.llm import LLMJudge
 
         return CascadeJudge(EmbeddedJudge(), LLMJudge(spec[len("embedded+llm:") :]))
-    if spec == "embedded":
+    if spec == "embedded" or spec.startswith("embedded:"):  # embedded:PATH, heads a user trained
+        from pathlib import Path
+
         from mbias.judges.embedded import EmbeddedJudge
 
-        return EmbeddedJudge()
+        path = Path(spec.partition(":")[2]) if ":" in spec else None
+        return EmbeddedJudge(heads_path=path / "heads.json" if path and path.is_dir() else path)
     if spec.startswith("llm:"):
         from mbias.judges.llm import LLMJudge
 
@@ -68,5 +72,5 @@ def load_judge(spec: str = "embedded") -> Judge:
     from mbias.errors import MbiasError
 
     raise MbiasError(
-        f"unknown judge {spec!r}; use 'embedded', 'llm:<engine spec>' or 'embedded+llm:<engine spec>'"
+        f"unknown judge {spec!r}; use 'embedded', 'embedded:PATH', 'llm:SPEC' or 'embedded+llm:SPEC'"
     )
