@@ -9,12 +9,15 @@ a paragraph or list item.
     python benchmarks/long_answers.py segmenters                 # boundary F1 and speed per segmenter
     python benchmarks/long_answers.py run --out runs/long        # the figures (whole-text mode on a subset)
     python benchmarks/long_answers.py run --out runs/long --read 60   # + a blind sheet (human_read.py)
+    python benchmarks/long_answers.py sheet --run a=runs/long --run b=runs/long-b --out read.jsonl
 
 ``run`` prints: biased sentences changed, biased sentences still unsafe by the judge, clean
 sentences byte-identical, clean answers unchanged, code blocks and list markers intact, and
 seconds per answer against whole-text mode (``--granularity text``) on the same answers, in the
 same run. ``--read N`` writes N changed-or-not biased sentences beside the people-written rewrites
-of the same rows, shuffled and unlabelled, in human_read.py's sheet format.
+of the same rows, shuffled and unlabelled, in human_read.py's sheet format; ``sheet`` writes one
+such sheet over several finished runs. A biased sentence counts as changed when a changed span
+overlaps it: the segmenter may cut it differently from the gold.
 """
 
 from __future__ import annotations
@@ -92,15 +95,14 @@ def score_sentence_mode(answers: list[Answer], records: list[dict], judge) -> di
     after_texts = []  # what each biased sentence became, judged in one call below
     for answer, record in zip(answers, records):
         ranges = changed_ranges(record)
-        spans = {(s["start"], s["end"]): s for s in record.get("spans", [])}
         for sentence in answer.sentences:
             if sentence in answer.biased:
                 biased += 1
-                span = spans.get(sentence)
-                was_changed = span is not None and span["rewrite"] != span["original"]
-                changed += was_changed
-                unchanged_text = answer.markdown[sentence[0] : sentence[1]]
-                after_texts.append(span["rewrite"] if was_changed else unchanged_text)
+                # the segmenter may cut differently from the gold ("You're Catholic? So ..." is two
+                # sentences to it): whatever changed spans overlap the biased sentence rewrote it
+                after = what_became(answer, record, sentence)
+                changed += after != answer.markdown[sentence[0] : sentence[1]]
+                after_texts.append(after)
             else:
                 clean += 1
                 identical += not overlaps(sentence, ranges)
@@ -141,6 +143,25 @@ def score_text_mode(answers: list[Answer], records: list[dict]) -> dict[str, flo
     }
 
 
+def compare_modes(sentence, whole, answers: list[Answer], n: int, seed: int) -> dict:
+    """Seconds per answer in both modes on n clean and n biased answers, and what whole-text mode
+    does to the biased ones."""
+    rng = random.Random(seed)
+    clean = rng.sample([a for a in answers if not a.biased], min(n, len(answers)))
+    biased = rng.sample([a for a in answers if a.biased], min(n, len(answers)))
+    figures: dict = {}
+    for label, group in (("clean", clean), ("biased", biased)):
+        _, t_sentence = timed(sentence, group)
+        text_records, t_text = timed(whole, group)
+        s, t = t_sentence / len(group), t_text / len(group)
+        figures[f"seconds per {label} answer, sentence mode / text mode"] = (
+            f"{s:.2f} / {t:.2f} ({t / s:.1f}x)"
+        )
+        if label == "biased":
+            figures.update({f"text mode: {k}": v for k, v in score_text_mode(group, text_records).items()})
+    return figures
+
+
 def run(args: argparse.Namespace) -> None:
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.judges import load_judge
@@ -165,51 +186,64 @@ def run(args: argparse.Namespace) -> None:
     figures = score_sentence_mode(answers, records, judge)
     figures["seconds per answer, all"] = seconds / len(answers)
 
-    rng = random.Random(args.seed)
-    subset = rng.sample([a for a in answers if not a.biased], min(args.baseline, len(answers))) + rng.sample(
-        [a for a in answers if a.biased], min(args.baseline, len(answers))
-    )
-    timing = {}
-    for label, group in (("clean", subset[: args.baseline]), ("biased", subset[args.baseline :])):
-        _, t_sentence = timed(sentence, group)
-        text_records, t_text = timed(whole, group)
-        timing[label] = (t_sentence / len(group), t_text / len(group))
-        if label == "biased":
-            baseline = score_text_mode(group, text_records)
-    figures.update(
-        {
-            f"seconds per {label} answer, sentence mode / text mode": f"{s:.2f} / {t:.2f} ({t / s:.1f}x)"
-            for label, (s, t) in timing.items()
-        }
-    )
-    figures.update({f"text mode: {k}": v for k, v in baseline.items()})
+    if args.baseline:
+        figures.update(compare_modes(sentence, whole, answers, args.baseline, args.seed))
     for key, value in figures.items():
         print(f"{key:>58}: {value:.1f}" if isinstance(value, float) else f"{key:>58}: {value}")
     (out / "figures.json").write_text(json.dumps(figures, indent=1))
     if args.read:
-        write_sheet(answers, records, args.read, args.seed, out / "long-answers-read.jsonl")
+        write_sheet(
+            answers, {"sentence-path": records}, args.read, args.seed, out / "long-answers-read.jsonl"
+        )
 
 
-def write_sheet(answers: list[Answer], records: list[dict], n: int, seed: int, path: Path) -> None:
-    """A blind sheet: for N biased sentences, what the answer now holds there, and the people-written
-    rewrite of the same row, shuffled (human_read.py's format; its ``tally`` un-blinds it)."""
+def what_became(answer: Answer, record: dict, place: tuple[int, int]) -> str:
+    """The output text where a biased sentence stood: the changed spans over it, else itself."""
+    touched = [
+        s
+        for s in record.get("spans", [])
+        if s["rewrite"] != s["original"] and overlaps(place, [(s["start"], s["end"])])
+    ]
+    return " ".join(s["rewrite"] for s in touched) if touched else answer.markdown[place[0] : place[1]]
+
+
+def write_sheet(
+    answers: list[Answer],
+    systems: dict[str, list[dict]],
+    n: int,
+    seed: int,
+    path: Path,
+    labels: list[str] = (),
+) -> None:
+    """A blind sheet: for N biased sentences, what each system's answer now holds there, and the
+    people-written rewrite of the same row, shuffled (human_read.py's format; its ``tally``
+    un-blinds it)."""
     from mbias.eval.reading import REFERENCE, write_rows
 
-    items = []
-    for answer, record in zip(answers, records):
-        spans = {(s["start"], s["end"]): s for s in record.get("spans", [])}
-        for place, row in zip(answer.biased, answer.biased_rows):
-            original = answer.markdown[place[0] : place[1]]
-            span = spans.get(place)
-            items.append(
-                (original, span["rewrite"] if span else original, biased_sentence(row["debiased_text"]))
-            )
-    picked = random.Random(seed).sample(items, min(n, len(items)))
+    places = [(i, place, row) for i, a in enumerate(answers) for place, row in zip(a.biased, a.biased_rows)]
     rows: dict[tuple[str, str], list[str]] = {}
-    for original, output, reference in picked:
-        rows.setdefault((original, output), []).append("sentence-path")
-        rows.setdefault((original, reference), []).append(REFERENCE)
-    write_rows(rows, path, split="long-answers", n=len(picked), seed=seed)
+    for i, place, row in random.Random(seed).sample(places, min(n, len(places))):
+        original = answers[i].markdown[place[0] : place[1]]
+        for name, records in systems.items():
+            rows.setdefault((original, what_became(answers[i], records[i], place)), []).append(name)
+        rows.setdefault((original, biased_sentence(row["debiased_text"])), []).append(REFERENCE)
+    write_rows(rows, path, split="long-answers", n=min(n, len(places)), seed=seed, labels=labels)
+
+
+def sheet(args: argparse.Namespace) -> None:
+    """One blind sheet over several finished runs (NAME=DIR with DIR/sentence.jsonl)."""
+    answers = build(args.seed)
+    systems = {}
+    for spec in args.run:
+        name, _, folder = spec.partition("=")
+        by_id = {
+            r["id"]: r
+            for r in map(
+                json.loads, (Path(folder) / "sentence.jsonl").read_text(encoding="utf-8").splitlines()
+            )
+        }
+        systems[name] = [by_id[a.id] for a in answers]
+    write_sheet(answers, systems, args.n, args.seed, Path(args.out), args.labels)
 
 
 def main() -> None:
@@ -225,8 +259,14 @@ def main() -> None:
     go.add_argument("--baseline", type=int, default=20, help="clean and biased answers timed in both modes")
     go.add_argument("--read", type=int, default=0, help="write a blind sheet of N biased sentences")
     go.add_argument("--out", required=True)
+    read = commands.add_parser("sheet", help="one blind sheet over several finished runs")
+    read.add_argument("--run", action="append", required=True, help="NAME=DIR of a finished run (repeatable)")
+    read.add_argument("--n", type=int, default=60, help="biased sentences to read")
+    read.add_argument("--seed", type=int, default=0)
+    read.add_argument("--labels", action="append", default=[], help="earlier labelled sheets to reuse")
+    read.add_argument("--out", required=True)
     args = parser.parse_args()
-    segmenters(args) if args.command == "segmenters" else run(args)
+    {"segmenters": segmenters, "run": run, "sheet": sheet}[args.command](args)
 
 
 if __name__ == "__main__":
