@@ -102,9 +102,9 @@ def run_job(records: list[dict], engine: str, judge: str, batch_size: int) -> di
     return result
 
 
-def batch_equality(records: list[dict], engine: str, count: int) -> tuple[int, int]:
-    """(rows whose greedy rewrite differs, rows compared): the engine on ``count`` prompts as one
-    batch against the same prompts one at a time."""
+def batch_equality(records: list[dict], engine: str, count: int) -> tuple[list[tuple[str, str]], int]:
+    """((batched, alone) for each row whose greedy rewrite differs, rows compared): the engine on
+    ``count`` prompts as one batch against the same prompts one at a time."""
     from mbias.config import resolve
     from mbias.engines import load_engine
     from mbias.prompts import render
@@ -114,7 +114,7 @@ def batch_equality(records: list[dict], engine: str, count: int) -> tuple[int, i
     prompts = [render(r["text"], entry.prompt_style, model.tokenizer) for r in records[:count]]
     batched = model.generate(prompts, max_new_tokens=48)
     alone = [model.generate([p], max_new_tokens=48)[0] for p in prompts]
-    return sum(a != b for a, b in zip(batched, alone)), len(prompts)
+    return [(a[0], b[0]) for a, b in zip(batched, alone) if a != b], len(prompts)
 
 
 def report(name: str, result: dict, gflops: float, params: float) -> None:
@@ -171,8 +171,16 @@ def main() -> None:
         report(name, results[name], gflops, args.params)
     if args.equal:
         differ, compared = batch_equality(short_texts(args.texts), args.engine, args.equal)
-        print(f"\ngreedy rewrites that differ between one batch and one at a time: {differ} of {compared}")
-        results["batch_equality"] = {"differ": differ, "compared": compared}
+        print(
+            f"\ngreedy rewrites that differ between one batch and one at a time: {len(differ)} of {compared}"
+        )
+        print(
+            "(llama.cpp's kernels sum in another order for a batch than for one row; where two tokens\n"
+            " nearly tie the greedy choice can flip, and the rewrites then go separate ways)"
+        )
+        for batched, alone in differ:
+            print(f"  batched: {batched!r}\n  alone:   {alone!r}")
+        results["batch_equality"] = {"differ": len(differ), "compared": compared, "pairs": differ}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"gflops": gflops, **vars(args), "results": results}, indent=1))

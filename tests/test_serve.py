@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 from fastapi import FastAPI
@@ -277,8 +278,9 @@ def test_guard_policy_for_flagged_answers(chat_server, policy, expected):
     assert choice["mbias"]["action"] == "flagged" and choice["mbias"]["policy"] == policy
 
 
-def _streaming_upstream(answer: str) -> FastAPI:
-    """An OpenAI-compatible stand-in that streams ``answer`` a few characters per chunk."""
+def _streaming_upstream(answer: str, pace: float = 0.0) -> FastAPI:
+    """An OpenAI-compatible stand-in that streams ``answer`` a few characters per chunk, ``pace``
+    seconds apart."""
     from fastapi.responses import StreamingResponse
 
     app = FastAPI()
@@ -287,6 +289,7 @@ def _streaming_upstream(answer: str) -> FastAPI:
     def chat():
         def events():
             for i in range(0, len(answer), 7):
+                time.sleep(pace)
                 delta = {"choices": [{"index": 0, "delta": {"content": answer[i : i + 7]}}], "model": "tiny"}
                 yield f"data: {json.dumps(delta)}\n\n"
             yield "data: [DONE]\n\n"
@@ -308,7 +311,7 @@ def _events(response) -> list:
 def test_streaming_guard_releases_sentences_and_rewrites_the_flagged_one(policy):
     from mbias.serve.background import serve_in_thread
 
-    with serve_in_thread(_streaming_upstream(LONG_ANSWER)) as base_url:
+    with serve_in_thread(_streaming_upstream(LONG_ANSWER, pace=0.02)) as base_url:
         upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
         fixed = "Ask each person on the team for a status update."
         rewriter = ScriptedEngine([fixed if policy == "rewrite" else "Ask each idiot anyway."])
@@ -331,6 +334,30 @@ def test_streaming_guard_releases_sentences_and_rewrites_the_flagged_one(policy)
     else:  # the clean sentences before it already left; the flagged one ends the answer
         assert "".join(pieces) == "## Plan\n\nHere is a plan for the week. BLOCKED"
         assert final["mbias"]["action"] == "flagged"
+
+
+def test_streaming_guard_checks_what_arrived_during_a_check_in_one_call():
+    from mbias.serve.stream import guarded_stream
+
+    sentences = [f"Sentence number {i} is here. " for i in range(8)]
+    checked: list[str] = []
+
+    async def upstream():  # instant: every chunk is there before the first check ends
+        for sentence in sentences:
+            yield {"choices": [{"delta": {"content": sentence}}]}
+
+    async def check(piece: str) -> dict:
+        checked.append(piece)
+        await asyncio.sleep(0.05)
+        return {"text": piece, "rewrite": piece, "action": "kept", "spans": []}
+
+    async def collect() -> list[bytes]:
+        return [e async for e in guarded_stream(upstream(), check, lambda r: r["rewrite"], "rewrite")]
+
+    events = asyncio.run(collect())
+    assert "".join(checked) == "".join(sentences)  # every character checked once, in order
+    assert len(checked) < len(sentences)  # not one judge call per sentence
+    assert events[-1] == b"data: [DONE]\n\n"
 
 
 def test_ready_prefix_holds_the_sentence_in_progress_and_open_code():

@@ -3,12 +3,15 @@
 Only the sentence in progress is held back. Each time the upstream's text holds a sentence that a
 later one has begun after (and no code fence is open), everything before that last sentence goes
 through the Debiaser as one piece (the same sentence path as a whole answer) and leaves, rewritten
-where the judge flagged it. The stream ends with a chunk whose ``mbias`` field carries the action
-and the spans, offsets counted in the whole answer, as a non-streamed answer's does.
+where the judge flagged it. The upstream is read ahead while a piece is checked, so what arrived
+meanwhile is checked in one call: a fast upstream costs a few judge calls, not one per sentence.
+The stream ends with a chunk whose ``mbias`` field carries the action and the spans, offsets
+counted in the whole answer, as a non-streamed answer's does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +22,20 @@ from mbias.records import Record
 from mbias.segment import split_sentences
 
 FENCE = "```"
+
+
+QUEUE_CHUNKS = 4096  # upstream chunks read ahead while a piece is being checked
+_END = object()
+
+
+async def _pump(chunks: AsyncIterator[dict[str, Any]], queue: asyncio.Queue[Any]) -> None:
+    """Read the upstream into ``queue`` while the guard checks; an error goes in as an item."""
+    try:
+        async for item in chunks:
+            await queue.put(item)
+    except Exception as exc:  # handed to the consumer, which reports it in the stream
+        await queue.put(exc)
+    await queue.put(_END)
 
 
 def ready_prefix(text: str) -> int:
@@ -57,6 +74,10 @@ async def guarded_stream(
         nonlocal offset, out_offset
         record = await check(piece)
         text = policy(record)
+        stop = record["action"] == "flagged" and on_flagged == "block"
+        if stop:  # what came before the first flagged sentence has been cleared: it leaves first
+            flagged = [s["output_start"] for s in record.get("spans", []) if s["action"] == "flagged"]
+            text = record["rewrite"][: min(flagged, default=0)] + text
         actions.append(record["action"])
         for span in record.get("spans", []):
             spans.append(
@@ -70,14 +91,27 @@ async def guarded_stream(
             )
         offset += len(piece)
         out_offset += len(text)
-        stop = record["action"] == "flagged" and on_flagged == "block"
         return chunk(text), stop
 
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+    reader = asyncio.create_task(_pump(chunks, queue))
     try:
-        async for upstream in chunks:
-            template.update({k: upstream[k] for k in ("id", "model") if k in upstream})
-            choice = (upstream.get("choices") or [{}])[0]
-            pending += (choice.get("delta") or {}).get("content") or ""
+        finished = False
+        while not finished:
+            # take every chunk that has arrived, so sentences that came in during the last check
+            # are checked together: one judge call, not one per sentence
+            arrived = [await queue.get()]
+            while not queue.empty():
+                arrived.append(queue.get_nowait())
+            for item in arrived:
+                if item is _END:
+                    finished = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                template.update({k: item[k] for k in ("id", "model") if k in item})
+                choice = (item.get("choices") or [{}])[0]
+                pending += (choice.get("delta") or {}).get("content") or ""
             cut = ready_prefix(pending)
             if cut:
                 event, stop = await release(pending[:cut])
@@ -94,6 +128,8 @@ async def guarded_stream(
     except MbiasError as exc:
         kind = "upstream_error" if isinstance(exc, UpstreamError) else "guard_error"
         yield sse({"error": {"message": str(exc), "type": kind}})
+    finally:
+        reader.cancel()
     action = "flagged" if "flagged" in actions else "rewritten" if "rewritten" in actions else "kept"
     yield chunk(None, "stop", mbias={"action": action, "spans": spans, "policy": on_flagged})
     yield sse("[DONE]")
