@@ -23,6 +23,7 @@ from mbias.judges.train_data import (
     bias_pairs,
     clean,
     identity_mentions,
+    reader_labels,
 )
 from mbias.judges.train_heads import _fold_scaler, balanced_weights
 from mbias.splits import is_heldout
@@ -248,6 +249,23 @@ def test_identity_mentions_skip_held_out_dispreferred_and_nonce_descriptors(tmp_
     assert len(examples) == IDENTITY_TEMPLATES_PER_DESCRIPTOR * len(expected)
     assert {e.label for e in examples} == {0} and {e.source for e in examples} == {"identity"}
     assert len({e.text for e in examples}) == len(examples)  # distinct templates per descriptor
+
+
+def test_reader_labels_take_labelled_rewrites_of_training_sheets_only(tmp_path):
+    rows = [
+        {"text": "a", "candidate": "old people are slow", "unsafe": 1},
+        {"text": "b", "candidate": "the shop opens at nine", "unsafe": 0},
+        {"text": "c", "candidate": "not read yet", "unsafe": None},
+        {"text": "d", "candidate": "   ", "unsafe": 0},
+    ]
+    (tmp_path / "training-v1").mkdir()
+    (tmp_path / "training-v1" / "sheet-1.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "toxigen-hate.jsonl").write_text(json.dumps(rows[0]))  # a held-out sheet: never read
+    examples = list(reader_labels(tmp_path))
+    assert [(e.text, e.label, e.source) for e in examples] == [
+        ("old people are slow", 1, "readers"),
+        ("the shop opens at nine", 0, "readers"),
+    ]
 
 
 def test_binary_metrics_at_a_threshold():
