@@ -10,7 +10,7 @@ from mbias.errors import MbiasError
 from mbias.intervene import Debiaser, DebiasSettings
 from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render
 from mbias.records import RecordWriter, read_records, write_records
-from mbias.splits import bucket, is_heldout
+from mbias.splits import bucket, is_dev, is_heldout, paper_test_set
 from tests.doubles import FixedJudge, ScriptedEngine
 
 
@@ -56,6 +56,17 @@ def test_splits_are_stable_and_normalised():
     assert bucket("Hello  World") == bucket("hello world")
     share = sum(is_heldout(f"sentence number {i}") for i in range(2000)) / 2000
     assert 0.15 < share < 0.25
+    dev = [f"sentence number {i}" for i in range(2000) if is_dev(f"sentence number {i}")]
+    assert 0.05 < len(dev) / 2000 < 0.15 and not any(is_heldout(t) for t in dev)
+
+
+def test_test_set_texts_reads_one_file_or_every_file_of_a_folder(tmp_path):
+    (tmp_path / "a.csv").write_text(
+        'biased_text,debiased_text\n"Old  People",Older people\n', encoding="utf-8"
+    )
+    (tmp_path / "b.csv").write_text("id,unbiased_text\n1,Some text\n2,\n", encoding="utf-8")
+    assert paper_test_set(tmp_path / "a.csv") == {"old people", "older people"}
+    assert paper_test_set(tmp_path) == {"old people", "older people", "some text"}
 
 
 def test_read_records_formats(tmp_path):

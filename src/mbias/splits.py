@@ -7,7 +7,10 @@ source files, or in both ToxiGen groups, on the same side everywhere.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from functools import lru_cache
+from pathlib import Path
 
 HELDOUT_BUCKETS = frozenset({0, 1})  # 2 of 10 buckets: about 20 % of any pool
 DEV_BUCKETS = frozenset({2})  # 1 of 10: the judges choose models and thresholds here, not on held-out
@@ -34,3 +37,20 @@ def is_dev(text: str) -> bool:
     """True for the judges' development texts: they choose head models and thresholds on these,
     so the held-out figures stay a test. Judges never train on them; adapters may."""
     return bucket(text) in DEV_BUCKETS
+
+
+TEST_SET_COLUMNS = ("biased_text", "debiased_text", "unbiased_text")
+
+
+@lru_cache(maxsize=4)
+def paper_test_set(path: Path) -> frozenset[str]:
+    """Normalised texts of the paper's test set, never to be trained on: inputs and every rewrite of
+    one of its CSV files, or of every CSV in its folder. Training (train/data) and the judges
+    (judges/train_data) exclude through this one function."""
+    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    texts: set[str] = set()
+    for file in files:
+        with file.open(encoding="utf-8", newline="") as handle:
+            for row in csv.DictReader(handle):
+                texts.update(normalise(row[c]) for c in TEST_SET_COLUMNS if (row.get(c) or "").strip())
+    return frozenset(texts)

@@ -1,8 +1,8 @@
 """Labelled texts for the judge heads, read from the shared datasets and the project's bias pairs.
 
 Each example keeps its source so training can balance sources and validation can report per
-source. Texts of the paper's test set (mbias-test) are removed from every pool: it is used for
-calibration only.
+source. Texts of the paper's test set (mbias-test) are removed from every pool
+(``splits.paper_test_set``): it chooses nothing, and benchmarks report agreement with its GPT labels.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mbias.errors import MbiasError
-from mbias.splits import bucket, is_dev, is_heldout, normalise
+from mbias.splits import bucket, is_dev, is_heldout, normalise, paper_test_set
 
 HEADS = ("toxicity", "bias")
 
@@ -185,17 +185,6 @@ def reader_labels(directory: Path) -> Iterator[Example]:
             yield Example(candidate, int(row["unsafe"]), "readers")
 
 
-def test_set_texts(data: Path) -> set[str]:
-    """Normalised texts of the paper's test set (inputs and every rewrite), never to be trained on."""
-    texts: set[str] = set()
-    for path in sorted((data / "mbias-test").glob("*.csv")):
-        for row in _rows(path, ","):
-            for column in ("biased_text", "debiased_text", "unbiased_text"):
-                if (row.get(column) or "").strip():
-                    texts.add(normalise(row[column]))
-    return texts
-
-
 def clean(examples: list[Example], excluded: set[str]) -> tuple[list[Example], dict[str, int]]:
     """Drop empty texts, test-set texts, duplicates, and texts that carry both labels."""
     labels_of: dict[str, set[int]] = {}
@@ -236,7 +225,8 @@ def head_pools(
         raw["bias"] += list(advice(judge_dir))
     if reads_dir:
         raw["bias"] += list(reader_labels(reads_dir))
-    excluded = test_set_texts(data)
+    folder = data / "mbias-test"
+    excluded = paper_test_set(folder) if folder.is_dir() else frozenset()
     pools, dropped = {}, {}
     for head, examples in raw.items():
         pools[head], dropped[head] = clean(examples, excluded)

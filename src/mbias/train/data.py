@@ -14,13 +14,12 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mbias.errors import MbiasError
 from mbias.records import NoTextColumn, read_records
-from mbias.splits import is_heldout, normalise
+from mbias.splits import is_heldout, normalise, paper_test_set
 
 PAPER_COLUMNS = ("biased_text", "debiased_text")
 PARADETOX_REFERENCES = ("neutral1", "neutral2", "neutral3")
@@ -144,12 +143,6 @@ def _pairs_of(
     raise MbiasError(f"{ref}: {NEEDS}; its columns are: {', '.join(sorted(columns))}")
 
 
-@lru_cache(maxsize=4)
-def _test_sources(path: str) -> frozenset[str]:
-    """Normalised biased texts of the paper's test set (never trained on)."""
-    return frozenset(normalise(r["biased_text"]) for r in read_records(path, "biased_text"))
-
-
 # -- filtering, mixing, splitting ------------------------------------------------------------------
 
 
@@ -206,7 +199,7 @@ def load_training_data(specs: list[str], config: Any, mapping: dict[str, str] | 
     if not specs:
         raise MbiasError("give at least one --data source")
     test_path = config.test_set_path()
-    test = _test_sources(test_path) if test_path and Path(test_path).exists() else frozenset()
+    test = paper_test_set(Path(test_path)) if test_path and Path(test_path).exists() else frozenset()
     rng = random.Random(config.seed)
     seen: set[tuple[str, str]] = set()
     per_source: list[tuple[DataSpec, list[Pair], dict[str, Any]]] = []
