@@ -16,7 +16,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_PAIRS = REPO_ROOT / "data" / "bias"
 DEFAULT_JUDGE_DATA = REPO_ROOT / "data" / "judge"
-DEFAULT_READS = REPO_ROOT / "docs" / "lab" / "human-read"
 
 
 ENCODER_ADAPTER = "encoder"  # the tuned encoder's LoRA, beside heads.json
@@ -33,11 +32,13 @@ def train_judges(
         Path, typer.Option(help="Folder with advice.jsonl and negatives.jsonl (data/judge); used if present.")
     ] = DEFAULT_JUDGE_DATA,
     reads: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            help="Blind reads (training-v*/sheet-*.jsonl): readers' labels of rewrites; used if present."
+            help="Folder of blind reads (training-v*/sheet-*.jsonl, e.g. docs/lab/human-read): readers' "
+            "labels of model rewrites join the bias head. Off by default: the shipped judge was better "
+            "without them on held-out screening."
         ),
-    ] = DEFAULT_READS,
+    ] = None,
     output: Annotated[Path, typer.Option(help="Where heads.json and heads.npz go.")] = config.JUDGE_ASSETS,
     heads: Annotated[
         str, typer.Option(help="'all', or 'category' to retrain only the harm-category head in OUTPUT.")
@@ -74,7 +75,9 @@ def train_judges(
         _train_category(shipped, EmbeddingCache(adapter=shipped.adapter), pairs, data, judge_dir)
         console.print(f"wrote {shipped.save(output)}")
         return
-    pools, dropped = head_pools(data, pairs, judge_dir, reads if reads.is_dir() else None)
+    if reads is not None and not reads.is_dir():
+        raise MbiasError(f"--reads {reads}: not a folder")
+    pools, dropped = head_pools(data, pairs, judge_dir, reads)
     categories = category_examples(pairs, data, judge_dir)
     adapter = output / ENCODER_ADAPTER
     if adapter.exists():
@@ -117,8 +120,8 @@ def train_judges(
                 "ToxiGen hate (1) vs neutral (0)",
                 "bias": "ToxiGen hate (1) vs neutral (0); BABE SG2 Biased (1) vs Non-biased (0); "
                 "data/bias pairs: rewritten biased_text (1), debiased_text and kept texts (0); "
-                "data/judge advice: discriminatory advice (1) vs fair counterpart (0); "
-                "readers' blind labels of model rewrites of training texts (unsafe 1, fair 0)",
+                "data/judge advice: discriminatory advice (1) vs fair counterpart (0)"
+                + ("; readers' blind labels of model rewrites (unsafe 1, fair 0)" if reads else ""),
                 "both": "data/judge negatives (0): identity mentions, counter-speech, facts about "
                 "discrimination, fair advice, plain LLM-answer prose; HolisticBias descriptors "
                 "(training side) in neutral templates other than the benchmark's",
