@@ -5,9 +5,9 @@ records one reviewer's decisions in the store (so each one is in its audit log),
 set back over the data files, exports the decisions with the judge's scores before and after, and
 prints the figures of docs/DATA.md "Quality control".
 
-    python scripts/bias_review.py decide  --db DB DECISIONS.jsonl
-    python scripts/bias_review.py export  --db DB DECISIONS.jsonl
-    python scripts/bias_review.py figures --db DB
+    python docs/lab/bias_review.py decide  --db DB DECISIONS.jsonl
+    python docs/lab/bias_review.py export  --db DB DECISIONS.jsonl
+    python docs/lab/bias_review.py figures --db DB
 
 DECISIONS.jsonl has one object per data row: ``id``, ``decision`` (accepted | edited | rejected),
 ``new_target`` (edited rows), ``note``, ``read`` (whether a person read the row). The exported log
@@ -29,7 +29,7 @@ from mbias.errors import MbiasError
 from mbias.records import read_records, write_records
 from mbias.splits import is_heldout
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data" / "bias"
 LOG = DATA / "review" / "review_log.jsonl"  # a subfolder: readers glob data/bias/*.jsonl for pairs
 REVIEWER = "qc-reviewer"
