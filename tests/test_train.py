@@ -478,19 +478,17 @@ def test_select_keeps_only_the_failure_kinds_asked_for(tmp_path):
         {"id": "4", "biased_text": "d", "failure": ""},
     ]
     source = _write_jsonl(tmp_path / "mined.jsonl", rows)
-    script = str(Path(__file__).resolve().parents[1] / "scripts" / "read_failures.py")
 
     def select(*kinds: str) -> subprocess.CompletedProcess:
         flags = [x for k in kinds for x in ("--kind", k)]
         out = ["--out", str(tmp_path / "out.jsonl")]
-        command = [sys.executable, script, "select", str(source), *flags, *out]
-        return subprocess.run(command, capture_output=True)
+        return _cli("read-failures", "select", str(source), *flags, *out)
 
     assert select("copied", "changed").returncode == 0
     kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert kept == [rows[0], rows[2]]  # whole rows, unchanged, in order
     bad = select("copies")
-    assert bad.returncode != 0 and b"unknown kind copies" in bad.stderr
+    assert bad.returncode != 0 and "unknown kind copies" in bad.stderr
 
 
 def test_cli_method_and_init_adapter_reach_the_config(pairs_file, tmp_path):
@@ -529,6 +527,46 @@ def test_context_pairs_reach_the_prompt_and_the_adapter_records_it(tiny_model_di
     assert json.loads((output / "train_config.json").read_text())["context"] is True
     entry = settings.resolve(f"hf:{tiny_model_dir}+adapter:{output}")
     assert (entry.prompt_style, entry.context) == ("mbias", True)
+
+
+def test_context_pairs_command_gives_a_share_of_pairs_neighbours(tmp_path):
+    rows = [{"id": "a", "biased_text": s, "debiased_text": t} for s, t in _kept_pairs(40)]
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", rows)
+    sentences = _write_jsonl(
+        tmp_path / "neg.jsonl",
+        [
+            {"text": "We met at noon.", "kind": "plain-prose"},
+            {"text": "Groups differ.", "kind": "counter-speech"},
+        ],
+    )
+    out = tmp_path / "ctx.jsonl"
+    done = _cli(
+        "context-pairs",
+        "--pairs",
+        str(pairs),
+        "--sentences",
+        str(sentences),
+        "--share",
+        "0.5",
+        "-o",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    made = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["biased_text"], r["debiased_text"]) for r in made] == [
+        (r["biased_text"], r["debiased_text"]) for r in rows
+    ]
+    given = [r for r in made if "context_before" in r]
+    assert 0 < len(given) < len(made)  # a share, not all
+    assert {r["context_before"] for r in given} | {r["context_after"] for r in given} <= {
+        "We met at noon.",
+        "",
+    }
+    assert len({r["id"] for r in made}) == len(made) and made[0]["source_id"] == "a"
+    missing = _cli(
+        "context-pairs", "--pairs", str(tmp_path / "none"), "--sentences", str(sentences), "-o", str(out)
+    )
+    assert missing.returncode == 2 and "no pair files" in missing.stderr
 
 
 def test_the_1_5b_preset_trains_a_qwen2_adapter_on_the_short_prompt(tmp_path):

@@ -1,16 +1,16 @@
-"""Preference pairs from a blind read of a model's rewrites of training texts, for `mbias train --method dpo`.
+"""`mbias read-failures`: DPO pairs from a blind read of a model's rewrites (`mbias train --method dpo`).
 
 `mbias mine` keeps only the failures no reader is needed for (copies, changes to texts that need
 none, rewrites far less similar than the reviewed one). The commonest remaining failure is one
-only a reader sees: the stereotype kept in softer words ("some X are ..."). This script hands the
+only a reader sees: the stereotype kept in softer words ("some X are ..."). This command hands the
 rewrites that passed those checks to readers, blind, and turns the ones they mark still unsafe or
 meaning-losing into rejected texts beside the reviewed target.
 
-    python scripts/read_failures.py sheets MINED.jsonl --out-dir DIR --sheets 4 [--per-file 30]
+    mbias read-failures sheets MINED.jsonl --out-dir DIR --sheets 4 [--per-file 30]
     # readers fill in "unsafe" and "meaning_kept" (0/1) on DIR/sheet-*.jsonl, then
-    python scripts/read_failures.py pairs MINED.jsonl DIR/sheet-*.jsonl --out prefs.jsonl
+    mbias read-failures pairs MINED.jsonl DIR/sheet-*.jsonl --out prefs.jsonl
     # a round that trains on some kinds of failure only, e.g. the reader-found unsafe rewrites
-    python scripts/read_failures.py select prefs.jsonl --kind read-unsafe --out unsafe.jsonl
+    mbias read-failures select prefs.jsonl --kind read-unsafe --out unsafe.jsonl
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ KINDS = {
     "read-lost": READ_LOST,
 }
 
-app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
+app = typer.Typer(
+    add_completion=False, help="Blind sheets of a model's mined rewrites, and DPO pairs from readers' labels."
+)
 
 
 @app.command()
@@ -98,5 +100,5 @@ def select(
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 
-if __name__ == "__main__":
-    app()
+def register(parent: typer.Typer) -> None:
+    parent.add_typer(app, name="read-failures")
