@@ -68,9 +68,10 @@ class CascadeJudge:
                 self._memo[text] = answer
                 if len(self._memo) > MEMO_SIZE:
                     self._memo.popitem(last=False)
+        asked = set(unsure)
         out = []
         for text, first in zip(texts, scores):
-            answer = self._memo.get(text) if text in unsure else None
+            answer = self._memo.get(text) if text in asked else None
             out.append(first if answer is None else self._merge(first, answer))
         return out
 
