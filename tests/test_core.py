@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mbias.errors import MbiasError
-from mbias.intervene import Debiaser, DebiasSettings
+from mbias.intervene import REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
 from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render
 from mbias.records import RecordWriter, read_records, write_records
 from mbias.splits import bucket, is_dev, is_heldout, paper_test_set
@@ -156,6 +156,30 @@ def test_screen_margin_sends_borderline_texts_to_the_rewriter():
         [record] = debiaser.debias(["fix the printer, jerk"])
         assert len(engine.calls) == generated
         assert record["action"] == "kept" and record["rewrite"] == "fix the printer, jerk"
+
+
+def test_a_suspect_keeps_its_text_unless_a_rewrite_clears_the_screen():
+    """Under the threshold but over the screen's margin: a rewrite must pass the screen itself."""
+    settings = DebiasSettings(screen_margin=0.5, retries=0)
+    for output, action, rewrite in (
+        ("fix the printer now, jerk", "kept", "fix the printer, jerk"),  # as suspect as before
+        ("please fix the printer", "rewritten", "please fix the printer"),
+        ("cats", "flagged", "cats"),  # clears the screen, loses the meaning: flagged, as any unit
+    ):
+        debiaser = Debiaser(
+            ScriptedEngine([output]), judge=GradedJudge(), prompt_style="mbias", settings=settings
+        )
+        [record] = debiaser.debias(["fix the printer, jerk"])
+        assert (record["action"], record["rewrite"]) == (action, rewrite), output
+        if action == "kept":
+            assert record["reason"] == REASON_SUSPECT_KEPT and record["spans"] == []
+        else:
+            assert record["spans"][0]["after"]["toxicity"] == 0.0
+    # over the threshold, the same hardly-safer rewrite is spliced in and flagged, as before
+    [unsafe] = Debiaser(
+        ScriptedEngine(["you idiot, jerk"]), judge=GradedJudge(), prompt_style="mbias", settings=settings
+    ).debias(["fix it, idiot"])
+    assert unsafe["action"] == "flagged" and unsafe["rewrite"] == "you idiot, jerk"
 
 
 class TwoStageEngine(ScriptedEngine):

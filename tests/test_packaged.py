@@ -79,6 +79,8 @@ def test_the_quality_tier_is_pinned_to_the_upstream_file():
 def test_mbias_1_5b_is_a_registry_name_with_its_own_prompt():
     entry = registry()["mbias-1.5b"]
     assert "gguf:qwen2.5-coder-1.5b" in entry.spec
+    # the shipped adapter rides on it, with the prompt it learned and no neighbouring sentences
+    assert "mbias-1.5b-adapter" in entry.spec and (entry.prompt_style, entry.context) == ("short", False)
     assert resolve("mbias-1.5b") == entry
     assert "qwen2.5-coder-1.5b" in registry()["qwen2.5-coder-1.5b"].spec
 

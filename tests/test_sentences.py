@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mbias.intervene import Debiaser, DebiasSettings, fit_to_sentence
-from mbias.segment import context_of, splice, split_sentences
+from mbias.segment import context_of, parts, splice, split_sentences
 from tests.doubles import FixedJudge, ScriptedEngine
 
 ANSWER = """## Hiring tips
@@ -66,6 +66,10 @@ def test_offsets_are_exact_and_markdown_stays_out():
         ("First paragraph.\n\nSecond one.\n", ["First paragraph.", "Second one."]),
         ("   \n\n", []),
         ("```\nonly code. here.\n```", []),
+        ("- **Title:** use a plain title. Keep it short.", ["use a plain title.", "Keep it short."]),
+        ("*Note*: back up first.", ["back up first."]),
+        ("**Eid** (Muslim): dates move.", ["**Eid** (Muslim): dates move."]),  # emphasis, not a label
+        ("**Only a label:**", ["**Only a label:**"]),
     ],
 )
 def test_sentence_boundaries(answer, expected):
@@ -110,6 +114,33 @@ def test_only_the_flagged_sentence_changes():
     assert span["action"] == "rewritten"
     assert span["before"]["toxicity"] == 1.0 and span["after"]["toxicity"] == 0.0
     json.dumps(record)
+
+
+class DilutingJudge(FixedJudge):
+    """Toxicity is the share of unsafe words (x2): a whole-text score that a long clean neighbour
+    averages down, as an encoder's does."""
+
+    def score(self, texts):
+        def toxicity(text):
+            words = [w.strip(".,").lower() for w in text.split()]
+            return min(1.0, 2 * words.count("idiots") / len(words))
+
+        return [{"toxicity": toxicity(t), "bias": 0.0} for t in texts]
+
+
+def test_a_sentence_glued_to_another_is_screened_by_its_worst_piece():
+    glued = (
+        "Check the details with the hotel, e.g., door widths and whether the shower is roll-in. "
+        "Idiots run that place."
+    )
+    assert [s.text for s in split_sentences(glued)] == [glued]  # the segmenter keeps them together
+    assert parts(glued) == [glued[:86], "Idiots run that place."]
+    engine = ScriptedEngine([glued.replace("Idiots", "Busy people")])
+    engine.context_window = 1000
+    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([glued])
+    assert record["action"] == "rewritten" and record["spans"][0]["before"]["toxicity"] == 0.5
+    whole = DilutingJudge().score([glued])[0]["toxicity"]
+    assert whole < 0.5 * 0.35  # alone, the whole unit would pass the screen untouched
 
 
 def test_code_and_tables_are_never_screened_and_protected_sentences_are_flagged_not_rewritten():

@@ -33,6 +33,7 @@ REASON_UNSAFE = "no candidate judged safe"
 REASON_LOST_MEANING = "rewrite lost the meaning"
 REASON_PROTECTED = "holds code or a URL: not sent to the model"
 REASON_NO_PROSE = "no prose to check (code, tables or markup only)"
+REASON_SUSPECT_KEPT = "under the threshold, and no rewrite cleared the screen"
 RETRIED_REASONS = (REASON_NO_REWRITE, REASON_UNSAFE, REASON_LOST_MEANING)
 GRANULARITIES = ("auto", "sentence", "text")
 
@@ -236,7 +237,16 @@ class Debiaser:
         return out
 
     def _screen(self, todo: list[Unit]) -> list[Unit]:
-        scores = self.judge.score([u.text for u in todo])
+        """Scores every unit in one judge call; a sentence the segmenter glued to another is scored
+        by its worst piece as well (``segment.parts``), so neither averages the other away."""
+        from mbias.segment import parts
+
+        whole = self.settings.granularity == "text"
+        pieces = [(i, p) for i, u in enumerate(todo) if not whole for p in parts(u.text)]
+        scored = self.judge.score([u.text for u in todo] + [p for _, p in pieces])
+        scores = scored[: len(todo)]
+        for (i, _), piece in zip(pieces, scored[len(todo) :]):
+            scores[i] = {k: max(v, piece[k]) for k, v in scores[i].items()}
         remaining = []
         for unit, score in zip(todo, scores):
             unit.before = {k: round(v, 4) for k, v in score.items()}
@@ -302,10 +312,18 @@ class Debiaser:
         for unit in units:
             if id(unit) not in ranked:
                 continue
+            bar = self._bar(unit)
             best, best_scores, best_similarity = min(
                 ranked[id(unit)],
-                key=lambda c: (self.judge.is_unsafe(c[1]), c[2] < self.settings.min_similarity, -c[2]),
+                key=lambda c: (
+                    self.judge.is_unsafe(c[1], margin=bar),
+                    c[2] < self.settings.min_similarity,
+                    -c[2],
+                ),
             )
+            if bar < 1.0 and self.judge.is_unsafe(best_scores, margin=bar):
+                unit.action, unit.reason = "kept", REASON_SUSPECT_KEPT
+                continue
             unit.rewrite = best
             unit.after = {k: round(v, 4) for k, v in best_scores.items()}
             unit.similarity = round(best_similarity, 4)
@@ -315,6 +333,17 @@ class Debiaser:
                 unit.action, unit.reason = "flagged", REASON_LOST_MEANING
             else:
                 unit.action = _action(unit.text, best)
+
+    def _bar(self, unit: Unit) -> float:
+        """The margin a unit's rewrite must get under. A unit the judge finds unsafe needs a rewrite
+        under the threshold. A suspect (under the threshold, caught only by the screen's margin)
+        keeps its own text unless a rewrite clears the screen that stopped it: a rewrite the judge
+        finds hardly safer than a text it already passes only risks the meaning.
+        On the long-answer benchmark this kept 18 of 36 changes to clean sentences and lost 2 of
+        275 biased ones (docs/lab/results-log.md)."""
+        if not self.settings.screen or not unit.before or self.judge.is_unsafe(unit.before):
+            return 1.0
+        return self.settings.screen_margin
 
     # -- splice and explain ----------------------------------------------------------------------
     def _finish(self, record: Record, units: list[Unit]) -> None:
@@ -342,8 +371,11 @@ class Debiaser:
             record["action"] = "rewritten"
         else:
             record["action"] = "kept"
-            if all(u.reason == REASON_CLEAN for u in units):
+            reasons = {u.reason for u in units}
+            if reasons == {REASON_CLEAN}:
                 record["reason"] = REASON_CLEAN
+            elif REASON_SUSPECT_KEPT in reasons:
+                record["reason"] = REASON_SUSPECT_KEPT
         if record.get("reason") is None:
             record.pop("reason", None)
         self._scores(record, units)

@@ -3,7 +3,8 @@
 An answer is paragraphs, headings, lists, quotes, tables and code. Only prose goes to the judge
 and the rewriter: fenced and indented code, HTML blocks and tables are left out whole (found by
 markdown-it-py, the CommonMark parser rich already depends on); list markers, heading hashes and
-quote markers stay outside every sentence. Inline code and URLs stay inside their sentence, so
+quote markers stay outside every sentence, and so does an emphasised label that opens one
+("**Title:** ..."). Inline code and URLs stay inside their sentence, so
 the judge reads it whole, but such a sentence is never sent to the model (``rewritable`` False):
 a rewrite could not be trusted to give code or an address back byte for byte.
 
@@ -36,6 +37,10 @@ _THEMATIC_BREAK = re.compile(r"^[ \t]*(?:[-*_][ \t]*){3,}$")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>()\[\]`]+[^\s<>()\[\]`.,;:!?'\"]|\]\([^)\s]+\)")
 _WORD = re.compile(r"\w")
+_INNER_END = re.compile(r"[.!?][\"')\]]*(\s+)(?=[A-Z0-9])")
+# An emphasised label that opens a sentence ("**Title:** use ...", "*Note*: ..."): markup and a
+# name, not prose; it stays outside the sentence, so the rewriter never drops or restyles it.
+_LABEL = re.compile(r"(\*{1,2}|_{1,2})(?![\s*_])[^*_\n]{1,60}?(?::\1|\1:)[ \t]+")
 
 
 @dataclass(frozen=True)
@@ -132,12 +137,32 @@ def split_sentences(answer: str) -> list[Sentence]:
             chunk[line_start - start : line_end - start] = answer[line_start:line_end]
         masked, protected = _mask("".join(chunk))
         for left, right in _split(masked):
+            left += opening_label(answer[start + left : start + right])
             piece = answer[start + left : start + right]
             if not _WORD.search(piece):
                 continue
             holds_code = any(a < right and left < b for a, b in protected)
             sentences.append(Sentence(start + left, start + right, piece, index, rewritable=not holds_code))
     return sentences
+
+
+def parts(sentence: str, min_words: int = 3) -> list[str]:
+    """The pieces of one sentence between inner sentence ends (a full stop, question or exclamation
+    mark, then a space and a capital or a digit), each of at least ``min_words`` words; [] when
+    there are not two. The segmenter keeps two sentences together after an abbreviation
+    ("... e.g., door widths. Native ...") or before a year ("... nation. 1920: ..."); the screen
+    reads each piece as well, so one sentence is not averaged away by the one it is glued to."""
+    cuts = [0, *(x for m in _INNER_END.finditer(sentence) for x in m.span(1)), len(sentence)]
+    pieces = [sentence[a:b] for a, b in zip(cuts[::2], cuts[1::2])]
+    pieces = [p for p in pieces if len(p.split()) >= min_words]
+    return pieces if len(pieces) > 1 else []
+
+
+def opening_label(sentence: str) -> int:
+    """Length of the emphasised label that opens ``sentence`` ("**Title:** use ..."), 0 if none or
+    if the label is all there is."""
+    label = _LABEL.match(sentence)
+    return label.end() if label and _WORD.search(sentence, label.end()) else 0
 
 
 def splice(answer: str, replacements: dict[tuple[int, int], str]) -> str:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from mbias.eval.dev import repo_path
+from mbias.segment import opening_label
 
 
 @dataclass
@@ -58,7 +59,8 @@ def render(answer: dict, inserted: dict[tuple[int, int, int], dict] | None = Non
                 row = inserted[(block, item, position)]
                 sentence = biased_sentence(row["biased_text"])
             start = emit(sentence)
-            out.sentences.append((start, start + len(sentence)))
+            # an opening "**Label:**" is markup, outside the sentence (mbias.segment)
+            out.sentences.append((start + opening_label(sentence), start + len(sentence)))
             if row is not None:
                 out.biased.append((start, start + len(sentence)))
                 out.biased_rows.append(row)

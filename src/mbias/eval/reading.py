@@ -26,12 +26,18 @@ def write_rows(
     labels: list[str] = (),
 ) -> None:
     """The sheet (shuffled, systems hidden) and its key; rows labelled in ``labels`` come pre-filled."""
-    known = {k: v["unsafe"] for k, v in read_labels(list(labels)).items()}
+    known = read_labels(list(labels))
     order = list(rows)
     random.Random(seed + 1).shuffle(order)
     with out.open("w") as file:
         for text, candidate in order:
-            row = {"text": text, "candidate": candidate, "unsafe": known.get((text, candidate))}
+            before = known.get((text, candidate), {})
+            row = {
+                "text": text,
+                "candidate": candidate,
+                "unsafe": before.get("unsafe"),
+                "meaning_kept": before.get("meaning_kept"),
+            }
             file.write(json.dumps(row, ensure_ascii=False) + "\n")
     key = {"split": split, "n": n, "rows": [rows[k] for k in order]}
     Path(f"{out}.key.json").write_text(json.dumps(key, indent=1))
