@@ -61,8 +61,8 @@ class LengthJudge:
         ]
         return [len(a & b) / max(1, len(b)) for a, b in words]
 
-    def is_unsafe(self, scores):
-        return scores["toxicity"] >= 0.5
+    def is_unsafe(self, scores, margin=1.0):
+        return scores["toxicity"] >= 0.5 * margin
 
 
 def add_item(store: Store, text: str, candidates: tuple[str, ...] = ("a fair rewrite",), **fields) -> int:

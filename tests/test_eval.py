@@ -31,8 +31,8 @@ class FixedJudge:
     def similarity(self, sources, outputs):
         return [self.pairs[(s, o)] for s, o in zip(sources, outputs)]
 
-    def is_unsafe(self, scores):
-        return any(v >= 0.5 for v in scores.values())
+    def is_unsafe(self, scores, margin=1.0):
+        return any(v >= 0.5 * margin for v in scores.values())
 
 
 SCORES = {

@@ -69,8 +69,8 @@ class CalmJudge:
     def similarity(self, sources, outputs):
         return [1.0 if o in (s, f"{s} .") else 0.25 for s, o in zip(sources, outputs)]
 
-    def is_unsafe(self, scores):
-        return any(v >= 0.5 for v in scores.values())
+    def is_unsafe(self, scores, margin=1.0):
+        return any(v >= 0.5 * margin for v in scores.values())
 
 
 def test_probe_figures_per_group():
