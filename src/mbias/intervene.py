@@ -239,14 +239,13 @@ class Debiaser:
     def _screen(self, todo: list[Unit]) -> list[Unit]:
         """Scores every unit in one judge call; a sentence the segmenter glued to another is scored
         by its worst piece as well (``segment.parts``), so neither averages the other away."""
+        from mbias.judges import score_worst_piece
         from mbias.segment import parts
 
         whole = self.settings.granularity == "text"
-        pieces = [(i, p) for i, u in enumerate(todo) if not whole for p in parts(u.text)]
-        scored = self.judge.score([u.text for u in todo] + [p for _, p in pieces])
-        scores = scored[: len(todo)]
-        for (i, _), piece in zip(pieces, scored[len(todo) :]):
-            scores[i] = {k: max(v, piece[k]) for k, v in scores[i].items()}
+        scores = score_worst_piece(
+            self.judge, [u.text for u in todo], (lambda t: [t]) if whole else (lambda t: [t, *parts(t)])
+        )
         remaining = []
         for unit, score in zip(todo, scores):
             unit.before = {k: round(v, 4) for k, v in score.items()}

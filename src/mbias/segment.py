@@ -37,6 +37,7 @@ _THEMATIC_BREAK = re.compile(r"^[ \t]*(?:[-*_][ \t]*){3,}$")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>()\[\]`]+[^\s<>()\[\]`.,;:!?'\"]|\]\([^)\s]+\)")
 _WORD = re.compile(r"\w")
+# An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit.
 _INNER_END = re.compile(r"[.!?][\"')\]]*(\s+)(?=[A-Z0-9])")
 # An emphasised label that opens a sentence ("**Title:** use ...", "*Note*: ..."): markup and a
 # name, not prose; it stays outside the sentence, so the rewriter never drops or restyles it.

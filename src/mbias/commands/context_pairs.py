@@ -24,6 +24,7 @@ import typer
 
 from mbias.commands.common import console
 from mbias.errors import MbiasError
+from mbias.records import write_records
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NEIGHBOUR_KINDS = ("plain-prose", "fair-advice")
@@ -79,10 +80,7 @@ def context_pairs(
     made = with_context(rows, neighbours(sentences), share, seed)
     # files mined in different rounds reuse ids: number the rows, keep where each came from
     made = [{**row, "id": f"ctx-{i:05d}", "source_id": row.get("id")} for i, row in enumerate(made)]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", encoding="utf-8") as handle:
-        for row in made:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_records(output, made)
     with_neighbours = sum("context_before" in r for r in made)
     console.print(f"wrote {len(made)} pairs to {output}, {with_neighbours} with neighbours")
 

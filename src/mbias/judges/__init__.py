@@ -6,6 +6,7 @@ encoder heads and an LLM-as-judge are interchangeable there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 
@@ -30,6 +31,19 @@ class Judge(Protocol):
         ...
 
 
+def score_worst_piece(
+    judge: Judge, texts: list[str], pieces_of: Callable[[str], list[str]]
+) -> list[dict[str, float]]:
+    """Per text, each score's maximum over ``pieces_of(text)``, all pieces in one judge call."""
+    pieces = [pieces_of(t) for t in texts]
+    scores = iter(judge.score([piece for p in pieces for piece in p]))
+    rows = []
+    for p in pieces:
+        each = [next(scores) for _ in p]
+        rows.append({k: max(score[k] for score in each) for k in each[0]})
+    return rows
+
+
 def score_by_sentence(judge: Judge, texts: list[str]) -> list[dict[str, float]]:
     """Per text, each score's maximum over its sentences (one judge call for all of them).
 
@@ -38,14 +52,11 @@ def score_by_sentence(judge: Judge, texts: list[str]) -> list[dict[str, float]]:
     """
     from mbias.segment import split_sentences
 
-    pieces = [[s.text for s in split_sentences(t)] for t in texts]
-    pieces = [p if len(p) > 1 else [t] for p, t in zip(pieces, texts)]
-    scores = iter(judge.score([s for p in pieces for s in p]))
-    rows = []
-    for p in pieces:
-        each = [next(scores) for _ in p]
-        rows.append({k: max(score[k] for score in each) for k in each[0]})
-    return rows
+    def sentences(text: str) -> list[str]:
+        found = [s.text for s in split_sentences(text)]
+        return found if len(found) > 1 else [text]
+
+    return score_worst_piece(judge, texts, sentences)
 
 
 def load_judge(spec: str = "embedded") -> Judge:
