@@ -51,6 +51,9 @@ def test_file_mode_writes_every_row_with_fields(tmp_path, engine):
     assert [r["text"] for r in rows] == ["alpha text", "beta text"]
     assert [r["group"] for r in rows] == ["women", "age"]
     assert all(r["rewrite"].strip() and r["action"] in {"kept", "rewritten", "flagged"} for r in rows)
+    actions = [r["action"] for r in rows]
+    summary = ", ".join(f"{actions.count(a)} {a}" for a in sorted(set(actions)))
+    assert f"out.jsonl: {summary}" in " ".join(result.stderr.decode().split())  # every row counted once
 
 
 def test_resume_after_killed_run_loses_and_duplicates_nothing(tmp_path, engine):

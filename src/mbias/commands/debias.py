@@ -172,7 +172,7 @@ def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: b
                         writer.write(record)
                         if explain and record.get("spans"):
                             explain_record(record)
-                    counts[record["action"]] = counts.get(record["action"], 0) + 1
+                        counts[record["action"]] = counts.get(record["action"], 0) + 1
                 done += len(batch)
                 progress.update(task, advance=len(batch), rate=rate_text(done, time.perf_counter() - start))
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing to do"
