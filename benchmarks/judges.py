@@ -1,13 +1,16 @@
 """Embedded judge benchmark: speed, held-out screening figures, false alarms, agreement with GPT labels.
 
 Usage: python benchmarks/judges.py [--data ../shared/data] [--texts 512] [--heads runs/judge/heads.json]
+                                  [--reads docs/lab/human-read]
        python benchmarks/judges.py --second llamacpp:gguf:qwen2.5-coder-1.5b [--per-set 40]
 
 Screening figures use the decision the Debiaser makes (``is_unsafe`` at the calibrated thresholds)
 on held-out texts only (mbias.splits.is_heldout): ToxiGen statements and bias-set pairs (ROC-AUC of
 the larger of the two scores), the discriminatory advice of data/judge (recall; false alarms on
 the fair counterparts), the fair sentences of data/judge by kind, and HolisticBias descriptors in
-neutral templates per axis (false-alarm rate).
+neutral templates per axis (false-alarm rate). Agreement with the blind readers: Cohen's kappa of
+the judge's verdict on each model rewrite of a held-out text against each reader's ``unsafe``, and
+the ROC-AUC of its score (each head's score over its threshold, the larger of the two).
 
 Throughput: ``EmbeddedJudge.score`` on distinct ~30-word texts in batches of 64, after a warm-up
 batch (encoder loaded, memo bypassed by never repeating a text). Calibration figures are
@@ -82,6 +85,7 @@ def main() -> None:
         "--second", metavar="SPEC", help="only measure the second stage: an LLM judge engine spec (llm:SPEC)"
     )
     parser.add_argument("--per-set", type=int, default=40, help="with --second: held-out texts per set")
+    parser.add_argument("--reads", type=Path, default=ROOT / "docs" / "lab" / "human-read")
     args = parser.parse_args()
     if args.second:
         second_stage(EmbeddedJudge(heads_path=args.heads), args.second, args.data, args.per_set)
@@ -97,6 +101,7 @@ def main() -> None:
     )
 
     screening(judge, args.data)
+    readers(judge, args.reads)
     validation = judge.heads.metadata.get("validation", {})
     print("\nvalidation on held-out texts (stored at training time, calibrated threshold):")
     print(f"{'head':10} {'source':12} {'n':>6} {'ROC-AUC':>8} {'F1':>6} {'acc':>6}")
@@ -126,6 +131,27 @@ def main() -> None:
             f"{head:10} {threshold:>9} {m['n']:>5} {labels.mean():>7.3f} {m['roc_auc']!s:>8} {m['f1']:>6} "
             f"{m['accuracy']:>6} {m['balanced_accuracy']!s:>7}"
         )
+
+
+def readers(judge: EmbeddedJudge, reads: Path) -> None:
+    """Kappa and ROC-AUC of the judge against each blind reader on rewrites of held-out texts."""
+    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+    from mbias.eval.reading import held_out_reads
+
+    rows, labels = held_out_reads(reads)
+    if not rows:
+        print(f"\nreaders: no sheets read by both readers under {reads}")
+        return
+    scores = judge.score([candidate for _, candidate in rows])
+    flags = np.array([int(judge.is_unsafe(s)) for s in scores])
+    nearest = np.array([max(s[name] / t for name, t in judge.thresholds.items()) for s in scores])
+    print(f"\nagreement with the blind readers: {len(rows)} rewrites of held-out texts read by both")
+    print(f"{'reader':10} {'unsafe':>7} {'kappa':>6} {'ROC-AUC':>8}")
+    for name, by_row in labels.items():
+        y = np.array([by_row[k] for k in rows])
+        kappa, auc = cohen_kappa_score(y, flags), roc_auc_score(y, nearest)
+        print(f"{name:10} {y.mean():7.1%} {kappa:6.2f} {auc:8.3f}")
 
 
 def _flags(judge: EmbeddedJudge, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -263,3 +263,22 @@ def test_cli_eval_paper_on_a_few_rows(tmp_path):
     assert system["paper_view"]["outputs"]["bias"] <= system["failure_view"]["outputs"]["bias"]
     assert "| Original texts |" in result.stdout and "Published DeepEval means" in result.stdout
     assert len((tmp_path / "paper" / "rows.jsonl").read_text().splitlines()) == 4 * 6
+
+
+def test_held_out_reads_are_the_rows_both_readers_labelled_outside_training_sheets(tmp_path):
+    from mbias.eval.reading import held_out_reads
+
+    def sheet(path, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    row = {"text": "t1", "candidate": "c1", "unsafe": 1, "meaning_kept": 1}
+    sheet(tmp_path / "split.jsonl", [row, {"text": "t2", "candidate": "c2", "unsafe": 0}])
+    sheet(
+        tmp_path / "reader2" / "split.jsonl",
+        [{**row, "unsafe": 0}, {"text": "t3", "candidate": "c3", "unsafe": 1}],
+    )
+    sheet(tmp_path / "training-v1" / "sheet-1.jsonl", [{"text": "t4", "candidate": "c4", "unsafe": 1}])
+    rows, labels = held_out_reads(tmp_path)
+    assert rows == [("t1", "c1")]  # t2 and t3 have one reader each; training sheets never count
+    assert labels == {"reader 1": {("t1", "c1"): 1}, "reader 2": {("t1", "c1"): 0}}

@@ -35,7 +35,7 @@ def per_category(
     return {c: chosen.get(c, default) for c in map(str, np.unique(cats))}
 
 
-def figures(flags: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict[str, tuple[float, float, int]]:
+def figures(flags: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict[str, tuple]:
     """Per source: recall on 1s, false-alarm rate on 0s, texts."""
     out = {}
     for source in np.unique(sources):

@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from mbias.eval.reading import read_labels
+from mbias.eval.reading import held_out_reads, read_labels
 from mbias.judges.embedded import EmbeddedJudge
 
 READS = Path(__file__).resolve().parent / "human-read"
@@ -44,10 +44,10 @@ def features(judge: EmbeddedJudge, pairs: list[tuple[str, str]]) -> np.ndarray:
 def main() -> None:
     judge = EmbeddedJudge()
     train = unsafe(labelled("training-v*/sheet-*.jsonl"))
-    first = unsafe(labelled("*.jsonl"))
+    rows, readers = held_out_reads(READS)
+    first, second = readers["reader 1"], readers["reader 2"]
     second_rows = labelled("reader2/*.jsonl")
-    second = unsafe(second_rows)
-    test = [k for k in first if k in second and k not in train]
+    test = [k for k in rows if k not in train]
     x_train, y_train = features(judge, list(train)), np.array(list(train.values()))
     probe = LogisticRegressionCV(
         Cs=10,

@@ -53,3 +53,16 @@ def read_labels(paths: list[str]) -> dict[tuple[str, str], dict]:
             if row.get("unsafe") in (0, 1):
                 labels[(row["text"], row["candidate"])] = row
     return labels
+
+
+def held_out_reads(reads: Path) -> tuple[list[tuple[str, str]], dict[str, dict[tuple[str, str], int]]]:
+    """The (text, candidate) rows both readers labelled in the blind sheets of held-out texts
+    (``reads/*.jsonl`` and ``reads/reader2/*.jsonl``; the training-* folders are the readers'
+    labels of training rewrites, never scored against), with each reader's ``unsafe`` label."""
+    first = read_labels([str(p) for p in sorted(reads.glob("*.jsonl"))])
+    second = read_labels([str(p) for p in sorted((reads / "reader2").glob("*.jsonl"))])
+    rows = [key for key in first if key in second]
+    return rows, {
+        "reader 1": {k: first[k]["unsafe"] for k in rows},
+        "reader 2": {k: second[k]["unsafe"] for k in rows},
+    }
