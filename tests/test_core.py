@@ -182,6 +182,16 @@ def test_a_suspect_keeps_its_text_unless_a_rewrite_clears_the_screen():
     assert unsafe["action"] == "flagged" and unsafe["rewrite"] == "you idiot, jerk"
 
 
+def test_a_suspect_that_holds_code_is_kept_and_one_judged_unsafe_is_flagged():
+    """Neither is sent to the model; only a text over the threshold is reported as flagged."""
+    settings = DebiasSettings(screen_margin=0.5, retries=0)
+    for text, action in (("run `make`, jerk", "kept"), ("run `make`, idiot", "flagged")):
+        engine = ScriptedEngine(["never used"])
+        debiaser = Debiaser(engine, judge=GradedJudge(), prompt_style="mbias", settings=settings)
+        [record] = debiaser.debias([text])
+        assert engine.calls == [] and (record["action"], record["rewrite"]) == (action, text)
+
+
 class TwoStageEngine(ScriptedEngine):
     """Greedy calls copy the text (a copy of a toxic text fails the judge); sampled calls return
     ``sampled``. Which texts get retried, and how, is then visible in ``calls``."""

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mbias.intervene import Debiaser, DebiasSettings, fit_to_sentence
-from mbias.segment import context_of, parts, splice, split_sentences
+from mbias.segment import context_of, pieces, splice, split_sentences
 from tests.doubles import FixedJudge, ScriptedEngine
 
 ANSWER = """## Hiring tips
@@ -34,6 +34,10 @@ def score(candidate):
 
 def texts(answer: str) -> list[str]:
     return [s.text for s in split_sentences(answer)]
+
+
+def parts(sentence: str) -> list[str]:
+    return [sentence[a:b] for a, b in pieces(sentence)]
 
 
 def test_offsets_are_exact_and_markdown_stays_out():
@@ -128,19 +132,42 @@ class DilutingJudge(FixedJudge):
         return [{"toxicity": toxicity(t), "bias": 0.0} for t in texts]
 
 
-def test_a_sentence_glued_to_another_is_screened_by_its_worst_piece():
+def test_a_sentence_glued_to_another_is_screened_by_its_worst_piece_and_only_that_piece_changes():
     glued = (
         "Check the details with the hotel, e.g., door widths and whether the shower is roll-in. "
         "Idiots run that place."
     )
     assert [s.text for s in split_sentences(glued)] == [glued]  # the segmenter keeps them together
     assert parts(glued) == [glued[:86], "Idiots run that place."]
-    engine = ScriptedEngine([glued.replace("Idiots", "Busy people")])
-    engine.context_window = 1000
-    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([glued])
-    assert record["action"] == "rewritten" and record["spans"][0]["before"]["toxicity"] == 0.5
     whole = DilutingJudge().score([glued])[0]["toxicity"]
     assert whole < 0.5 * 0.35  # alone, the whole unit would pass the screen untouched
+    engine = ScriptedEngine(["Busy people run that place."])
+    engine.context_window = 1000
+    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([glued])
+    assert record["action"] == "rewritten"
+    assert record["rewrite"] == glued[:87] + "Busy people run that place."
+    [span] = record["spans"]
+    assert (span["start"], span["original"]) == (87, "Idiots run that place.")
+    assert span["before"]["toxicity"] == 0.5
+
+
+def test_a_lead_in_before_a_colon_stays_when_only_the_sentence_after_it_is_flagged():
+    line = "Here is a simple routine you can follow at home: Idiots skip the warm-up."
+    assert parts(line) == ["Here is a simple routine you can follow at home:", "Idiots skip the warm-up."]
+    assert parts("Note: The server restarts every night.") == []  # a one-word label is no piece
+    engine = ScriptedEngine(["Many people skip the warm-up."])
+    engine.context_window = 1000
+    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([line])
+    assert record["rewrite"] == line.replace("Idiots", "Many people")
+
+
+def test_a_sentence_whose_every_piece_is_flagged_is_rewritten_whole():
+    both = "Idiots ignore the shower, e.g., roll-in. Idiots run that place."
+    assert len(split_sentences(both)) == 1 and len(parts(both)) == 2
+    engine = ScriptedEngine(["Busy staff run the hotel."])
+    engine.context_window = 1000
+    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([both])
+    assert record["rewrite"] == "Busy staff run the hotel." and len(record["spans"]) == 1
 
 
 def test_code_and_tables_are_never_screened_and_protected_sentences_are_flagged_not_rewritten():

@@ -278,6 +278,19 @@ def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir, tmp_
     assert [e["step"] for e in new if "loss" in e] == [9, 10, 11, 12]
 
 
+def test_a_run_that_stopped_before_its_first_step_does_not_block_the_next(
+    tiny_model_dir, pairs_file, tmp_path
+):
+    from mbias.train.sft import SET_UP_FILES, train
+
+    run = tmp_path / "run"
+    with pytest.raises(MbiasError, match="cannot load model"):  # it stops after writing its cards
+        train(_config(tmp_path / "no-such-model", "max_steps=1"), [str(pairs_file)], run)
+    assert {p.name for p in run.iterdir()} <= SET_UP_FILES
+    summary = train(_config(tiny_model_dir, "max_steps=1"), [str(pairs_file)], run)
+    assert summary["global_step"] == 1
+
+
 def test_merge_gives_the_same_greedy_output_as_the_adapter(trained, tiny_model_dir, tmp_path):
     from mbias.engines import load_engine
     from mbias.train.merge import merge_adapter

@@ -91,6 +91,7 @@ class Unit:
     similarity: float | None = None
     candidates: list[str] = field(default_factory=list)
     retried: bool = False
+    pieces: list[Unit] = field(default_factory=list)  # its flagged pieces, when only they are rewritten
 
 
 class Debiaser:
@@ -226,34 +227,63 @@ class Debiaser:
             with stage("screen"):
                 todo = self._screen(todo)
         for unit in todo:
-            if not unit.rewritable and self.judge is not None:  # judged unsafe, but it cannot be rewritten
-                unit.action, unit.reason = "flagged", REASON_PROTECTED
+            if not unit.rewritable and self.judge is not None:
+                if self.judge.is_unsafe(unit.before):  # judged unsafe, but it cannot be rewritten
+                    unit.action, unit.reason = "flagged", REASON_PROTECTED
+                else:  # a suspect keeps its text unless a rewrite clears the screen, and none can be tried
+                    unit.action, unit.reason = "kept", REASON_SUSPECT_KEPT
         todo = [u for u in todo if u.rewritable]
         if todo:
             self._rewrite(todo)
         with stage("splice"):
             for record, units in zip(out, per_record):
-                self._finish(record, units)
+                self._finish(record, [piece for unit in units for piece in unit.pieces or [unit]])
         return out
 
     def _screen(self, todo: list[Unit]) -> list[Unit]:
-        """Scores every unit in one judge call; a sentence the segmenter glued to another is scored
-        by its worst piece as well (``segment.parts``), so neither averages the other away."""
-        from mbias.judges import score_worst_piece
-        from mbias.segment import parts
+        """Scores every unit in one judge call and returns the units to rewrite. A sentence the
+        segmenter glued to another (``segment.pieces``) is scored piece by piece as well, so neither
+        averages the other away; when the screen passes some of its pieces and not others, only
+        the others are rewritten and the rest stays byte-identical."""
+        from mbias.segment import pieces
 
-        whole = self.settings.granularity == "text"
-        scores = score_worst_piece(
-            self.judge, [u.text for u in todo], (lambda t: [t]) if whole else (lambda t: [t, *parts(t)])
-        )
+        split = self.settings.screen and self.settings.granularity != "text"
+        spans = [[(0, len(u.text)), *(pieces(u.text) if split else [])] for u in todo]
+        scores = iter(self.judge.score([u.text[a:b] for u, sp in zip(todo, spans) for a, b in sp]))
         remaining = []
-        for unit, score in zip(todo, scores):
-            unit.before = {k: round(v, 4) for k, v in score.items()}
-            if self.settings.screen and not self.judge.is_unsafe(score, margin=self.settings.screen_margin):
-                unit.reason = REASON_CLEAN
+        for unit, sp in zip(todo, spans):
+            own = [next(scores) for _ in sp]
+            unit.before = {k: round(max(s[k] for s in own), 4) for k in own[0]}
+            margin = self.settings.screen_margin
+            if not self.settings.screen or self.judge.is_unsafe(unit.before, margin=margin):
+                flagged = [
+                    self._piece(unit, a, b, score)
+                    for (a, b), score in zip(sp[1:], own[1:])
+                    if self.judge.is_unsafe(score, margin=margin)
+                ]
+                unit.pieces = flagged if 0 < len(flagged) < len(sp) - 1 else []
+                remaining.extend(unit.pieces or [unit])
             else:
-                remaining.append(unit)
+                unit.reason = REASON_CLEAN
         return remaining
+
+    def _piece(self, unit: Unit, start: int, end: int, score: dict[str, float]) -> Unit:
+        """A flagged piece of ``unit`` as a unit of its own, with its unit's other text as context."""
+        text = unit.text[start:end]
+        context = None
+        if unit.context is not None:
+            before, after = unit.text[:start].strip(), unit.text[end:].strip()
+            context = (before or unit.context[0], after or unit.context[1])
+        return Unit(
+            unit.record,
+            unit.start + start,
+            unit.start + end,
+            text,
+            context=context,
+            rewritable=unit.rewritable,
+            tokens=self.count_tokens(text),
+            before={k: round(v, 4) for k, v in score.items()},
+        )
 
     def _budget(self, units: list[Unit]) -> int:
         longest = int(1.5 * max(u.tokens for u in units)) + 24

@@ -37,8 +37,9 @@ _THEMATIC_BREAK = re.compile(r"^[ \t]*(?:[-*_][ \t]*){3,}$")
 _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>()\[\]`]+[^\s<>()\[\]`.,;:!?'\"]|\]\([^)\s]+\)")
 _WORD = re.compile(r"\w")
-# An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit.
-_INNER_END = re.compile(r"[.!?][\"')\]]*(\s+)(?=[A-Z0-9])")
+# An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit;
+# or a colon before a capital, where an LLM's lead-in ("Here's a simple routine:") meets a sentence.
+_INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z]))(\s+)")
 # An emphasised label that opens a sentence ("**Title:** use ...", "*Note*: ..."): markup and a
 # name, not prose; it stays outside the sentence, so the rewriter never drops or restyles it.
 _LABEL = re.compile(r"(\*{1,2}|_{1,2})(?![\s*_])[^*_\n]{1,60}?(?::\1|\1:)[ \t]+")
@@ -147,16 +148,28 @@ def split_sentences(answer: str) -> list[Sentence]:
     return sentences
 
 
-def parts(sentence: str, min_words: int = 3) -> list[str]:
-    """The pieces of one sentence between inner sentence ends (a full stop, question or exclamation
-    mark, then a space and a capital or a digit), each of at least ``min_words`` words; [] when
-    there are not two. The segmenter keeps two sentences together after an abbreviation
-    ("... e.g., door widths. Native ...") or before a year ("... nation. 1920: ..."); the screen
-    reads each piece as well, so one sentence is not averaged away by the one it is glued to."""
+def pieces(sentence: str, min_words: int = 3) -> list[tuple[int, int]]:
+    """(start, end) of each piece of one sentence between inner sentence ends (a full stop,
+    question or exclamation mark, then a space and a capital or a digit; or a colon, a space and a
+    capital); [] when there are not two pieces of at least ``min_words`` words. A shorter piece
+    joins the one after it ("1920: The ..."), the last one the one before.
+    The segmenter keeps two sentences together after an abbreviation ("... e.g., door widths.
+    Native ...") or before a year ("... nation. 1920: ..."), and a list item's lead-in with what
+    follows ("Here's a routine: It is just a fact that ..."): the screen reads each piece too, so
+    one is not averaged away by the other, and only the pieces it flags are rewritten."""
     cuts = [0, *(x for m in _INNER_END.finditer(sentence) for x in m.span(1)), len(sentence)]
-    pieces = [sentence[a:b] for a, b in zip(cuts[::2], cuts[1::2])]
-    pieces = [p for p in pieces if len(p.split()) >= min_words]
-    return pieces if len(pieces) > 1 else []
+    spans: list[tuple[int, int]] = []
+    pending: int | None = None  # start of short pieces waiting to join the next one
+    for start, end in zip(cuts[::2], cuts[1::2]):
+        start = start if pending is None else pending
+        if len(sentence[start:end].split()) < min_words:
+            pending = start
+            continue
+        spans.append((start, end))
+        pending = None
+    if pending is not None and spans:
+        spans[-1] = (spans[-1][0], len(sentence))
+    return spans if len(spans) > 1 else []
 
 
 def opening_label(sentence: str) -> int:

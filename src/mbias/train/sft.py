@@ -39,6 +39,11 @@ def to_examples(pairs: list[Pair], style: str) -> list[dict[str, str]]:
     return rows
 
 
+# What a run writes before its first step: a run that stopped with only these (the base model
+# failed to load, say) has nothing to lose, and the next run may start over in the same folder.
+SET_UP_FILES = frozenset({"data_card.json", "data_card.md", "train_config.json"})
+
+
 def last_checkpoint(output: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -207,7 +212,7 @@ def train(
     if config.init_adapter and not (Path(config.init_adapter) / "adapter_config.json").exists():
         raise MbiasError(f"init_adapter={config.init_adapter}: no adapter_config.json there")
     checkpoint = last_checkpoint(output)
-    if not resume and output.exists() and any(output.iterdir()):
+    if not resume and output.exists() and any(p.name not in SET_UP_FILES for p in output.iterdir()):
         raise MbiasError(
             f"{output}: already holds a run; pass --resume to continue it or choose another --output"
         )
