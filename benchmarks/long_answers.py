@@ -143,22 +143,35 @@ def score_text_mode(answers: list[Answer], records: list[dict]) -> dict[str, flo
     }
 
 
-def compare_modes(sentence, whole, answers: list[Answer], n: int, seed: int) -> dict:
-    """Seconds per answer in both modes on n clean and n biased answers, and what whole-text mode
-    does to the biased ones."""
+def compare_modes(debiasers: dict, answers: list[Answer], n: int, seed: int) -> dict:
+    """Seconds per answer in both modes on n clean and n biased answers, where the time went, and
+    what whole-text mode does to the biased ones. ``debiasers`` builds a Debiaser per mode with a
+    fresh judge, so no pass reads sentences another pass already embedded."""
+    from mbias import profile
+
     rng = random.Random(seed)
     clean = rng.sample([a for a in answers if not a.biased], min(n, len(answers)))
     biased = rng.sample([a for a in answers if a.biased], min(n, len(answers)))
     figures: dict = {}
     for label, group in (("clean", clean), ("biased", biased)):
-        _, t_sentence = timed(sentence, group)
-        text_records, t_text = timed(whole, group)
-        s, t = t_sentence / len(group), t_text / len(group)
+        seconds, judge, generation = {}, {}, {}
+        for mode in ("sentence", "text"):
+            debiaser = debiasers[mode]()
+            profile.reset()
+            records, seconds[mode] = timed(debiaser, group)
+            stages = profile.snapshot()
+            judge[mode] = sum(stages.get(k, (0.0, 0))[0] for k in ("screen", "verify"))
+            generation[mode] = sum(stages.get(k, (0.0, 0))[0] for k in ("generate", "prefill", "decode"))
+            if mode == "text" and label == "biased":
+                figures.update({f"text mode: {k}": v for k, v in score_text_mode(group, records).items()})
+        s, t = (seconds[m] / len(group) for m in ("sentence", "text"))
         figures[f"seconds per {label} answer, sentence mode / text mode"] = (
-            f"{s:.2f} / {t:.2f} ({t / s:.1f}x)"
+            f"{s:.3f} / {t:.3f} ({t / s:.1f}x)"
         )
-        if label == "biased":
-            figures.update({f"text mode: {k}": v for k, v in score_text_mode(group, text_records).items()})
+        figures[f"{label}: judge / generation seconds, sentence (text) mode"] = (
+            f"{judge['sentence'] / len(group):.3f} ({judge['text'] / len(group):.3f}) / "
+            f"{generation['sentence'] / len(group):.3f} ({generation['text'] / len(group):.3f})"
+        )
     return figures
 
 
@@ -174,7 +187,6 @@ def run(args: argparse.Namespace) -> None:
     judge = load_judge(args.judge)
     judge.score(["warm-up"])
     sentence = Debiaser(args.engine, judge=judge, settings=DebiasSettings(granularity="sentence"))
-    whole = Debiaser(sentence.engine, judge=judge, settings=DebiasSettings(granularity="text"))
     print(
         f"{len(answers)} answers ({sum(not a.biased for a in answers)} clean), engine {sentence.engine.name}"
     )
@@ -187,7 +199,18 @@ def run(args: argparse.Namespace) -> None:
     figures["seconds per answer, all"] = seconds / len(answers)
 
     if args.baseline:
-        figures.update(compare_modes(sentence, whole, answers, args.baseline, args.seed))
+
+        def fresh(granularity: str):
+            def build_debiaser() -> Debiaser:
+                judge = load_judge(args.judge)
+                judge.score(["warm-up"])
+                settings = DebiasSettings(granularity=granularity)
+                return Debiaser(sentence.engine, judge=judge, settings=settings)
+
+            return build_debiaser
+
+        debiasers = {"sentence": fresh("sentence"), "text": fresh("text")}
+        figures.update(compare_modes(debiasers, answers, args.baseline, args.seed))
     for key, value in figures.items():
         print(f"{key:>58}: {value:.1f}" if isinstance(value, float) else f"{key:>58}: {value}")
     (out / "figures.json").write_text(json.dumps(figures, indent=1))
