@@ -190,6 +190,10 @@ def test_a_suspect_that_holds_code_is_kept_and_one_judged_unsafe_is_flagged():
         debiaser = Debiaser(engine, judge=GradedJudge(), prompt_style="mbias", settings=settings)
         [record] = debiaser.debias([text])
         assert engine.calls == [] and (record["action"], record["rewrite"]) == (action, text)
+    unscreened = DebiasSettings(screen=False)
+    debiaser = Debiaser(ScriptedEngine(["x"]), judge=GradedJudge(), prompt_style="mbias", settings=unscreened)
+    [record] = debiaser.debias(["run `make` now"])  # no screen ran; clean and holding code: kept
+    assert (record["action"], record["spans"]) == ("kept", [])
 
 
 class TwoStageEngine(ScriptedEngine):

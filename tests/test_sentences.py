@@ -170,6 +170,51 @@ def test_a_sentence_whose_every_piece_is_flagged_is_rewritten_whole():
     assert record["rewrite"] == "Busy staff run the hotel." and len(record["spans"]) == 1
 
 
+class WheelJudge(DilutingJudge):
+    """Unsafe only where the harm is read whole: the lead-in names the group, the piece after it
+    says "They"; each piece alone is a mere suspect."""
+
+    def score(self, texts):
+        def toxicity(text):
+            return 0.9 if "wheel" in text and "They" in text else 0.3 if "They" in text else 0.0
+
+        return [{"toxicity": toxicity(t), "bias": 0.0} for t in texts]
+
+
+def test_harm_that_only_the_pieces_together_carry_is_rewritten_whole():
+    line = "Here is what I think about women at the wheel: They simply cannot park well."
+    assert len(parts(line)) == 2
+    engine = ScriptedEngine(["Parking takes practice for everyone."])
+    engine.context_window = 1000
+    settings = DebiasSettings(screen_margin=0.3)
+    [record] = Debiaser(engine, judge=WheelJudge(), prompt_style="mbias", settings=settings).debias([line])
+    assert record["rewrite"] == "Parking takes practice for everyone." and record["input_toxicity"] == 0.9
+
+
+def test_abbreviations_do_not_cut_pieces_and_a_piece_without_code_is_rewritable():
+    assert parts("Women in the U.S. Army are idiots who cannot lead anyone at all.") == []
+    assert parts("Under Regulation (EC) No. 1107/2006 the airline must help you board.") == []
+    line = "Run `make test` before you push your branch to the main repository: Idiots skip the tests."
+    assert len(split_sentences(line)) == 1 and not split_sentences(line)[0].rewritable
+    engine = ScriptedEngine(["Many people skip the tests."])
+    engine.context_window = 1000
+    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([line])
+    assert record["rewrite"] == line.replace("Idiots", "Many people")
+
+
+def test_a_flagged_lead_in_keeps_its_colon_and_candidates_are_whole_texts():
+    line = "Idiots and only idiots should follow this routine: Warm up for ten minutes first."
+    engine = ScriptedEngine(["Everyone should follow this routine.", "Anyone can follow this routine"])
+    engine.context_window = 1000
+    settings = DebiasSettings(candidates=2)
+    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias", settings=settings).debias([line])
+    assert record["rewrite"] == "Everyone should follow this routine: Warm up for ten minutes first."
+    assert record["candidates"] == [
+        "Everyone should follow this routine: Warm up for ten minutes first.",
+        "Anyone can follow this routine: Warm up for ten minutes first.",
+    ]
+
+
 def test_code_and_tables_are_never_screened_and_protected_sentences_are_flagged_not_rewritten():
     engine = ScriptedEngine(["calm"])
     answer = "Run `rm idiot` now.\n\n```\nidiot()\n```\n\n| a |\n| - |\n| idiot |\n"

@@ -231,13 +231,14 @@ class Debiaser:
                 if self.judge.is_unsafe(unit.before):  # judged unsafe, but it cannot be rewritten
                     unit.action, unit.reason = "flagged", REASON_PROTECTED
                 else:  # a suspect keeps its text unless a rewrite clears the screen, and none can be tried
-                    unit.action, unit.reason = "kept", REASON_SUSPECT_KEPT
+                    unit.action = "kept"
+                    unit.reason = REASON_SUSPECT_KEPT if self.settings.screen else REASON_PROTECTED
         todo = [u for u in todo if u.rewritable]
         if todo:
             self._rewrite(todo)
         with stage("splice"):
             for record, units in zip(out, per_record):
-                self._finish(record, [piece for unit in units for piece in unit.pieces or [unit]])
+                self._finish(record, units)
         return out
 
     def _screen(self, todo: list[Unit]) -> list[Unit]:
@@ -261,7 +262,12 @@ class Debiaser:
                     for (a, b), score in zip(sp[1:], own[1:])
                     if self.judge.is_unsafe(score, margin=margin)
                 ]
-                unit.pieces = flagged if 0 < len(flagged) < len(sp) - 1 else []
+                # When the whole is over the threshold, a piece must be too: harm that only the
+                # pieces together carry ("... women at the wheel: They cannot park.") stays one unit.
+                carried = not self.judge.is_unsafe(own[0]) or any(
+                    self.judge.is_unsafe(piece.before) for piece in flagged
+                )
+                unit.pieces = flagged if 0 < len(flagged) < len(sp) - 1 and carried else []
                 remaining.extend(unit.pieces or [unit])
             else:
                 unit.reason = REASON_CLEAN
@@ -269,6 +275,8 @@ class Debiaser:
 
     def _piece(self, unit: Unit, start: int, end: int, score: dict[str, float]) -> Unit:
         """A flagged piece of ``unit`` as a unit of its own, with its unit's other text as context."""
+        from mbias.segment import holds_code
+
         text = unit.text[start:end]
         context = None
         if unit.context is not None:
@@ -280,7 +288,7 @@ class Debiaser:
             unit.start + end,
             text,
             context=context,
-            rewritable=unit.rewritable,
+            rewritable=unit.rewritable or not holds_code(text),
             tokens=self.count_tokens(text),
             before={k: round(v, 4) for k, v in score.items()},
         )
@@ -378,6 +386,8 @@ class Debiaser:
     def _finish(self, record: Record, units: list[Unit]) -> None:
         """Splice each unit's rewrite back and set the record's rewrite, action, reason and spans."""
         text = record.get("text") or ""
+        alone = len(units) == 1 and not units[0].pieces  # one unit, rewritten whole
+        units = [piece for unit in units for piece in unit.pieces or [unit]]
         if not text.strip():
             record.update(rewrite=text, action="flagged", reason="empty input", spans=[])
             return
@@ -409,9 +419,9 @@ class Debiaser:
             record.pop("reason", None)
         self._scores(record, units)
         record["spans"] = self._spans(units, replacements)
-        if len(units) == 1 and len(units[0].candidates) > 1:
+        if alone and len(units[0].candidates) > 1:
             record["candidates"] = units[0].candidates
-        elif len(units) > 1 and self.settings.candidates > 1:
+        elif units and not alone and self.settings.candidates > 1:
             record["candidates"] = _spliced_candidates(text, units)
         if any(u.retried for u in units):
             record["retried"] = True
@@ -467,11 +477,14 @@ _TERMINAL = re.compile("[.!?\u2026][\"'\u201d\u2019)\\]]*$")
 
 def fit_to_sentence(original: str, rewrite: str) -> str:
     """A sentence's rewrite made to sit where the sentence stood: on one line when the original was,
-    with the original's capital first letter and final punctuation when the model dropped them."""
+    with the original's capital first letter and final punctuation when the model dropped them, and
+    the colon of a lead-in ("Here is a routine:") that the model ended with a full stop."""
     if "\n" not in original:
         rewrite = " ".join(rewrite.split())
     if original[:1].isupper() and rewrite[:1].islower():
         rewrite = rewrite[0].upper() + rewrite[1:]
+    if original.endswith(":") and not rewrite.endswith(":"):
+        return rewrite.rstrip(" .!?") + ":"
     terminal = _TERMINAL.search(original)
     if terminal and not _TERMINAL.search(rewrite):
         rewrite += original[terminal.start()]

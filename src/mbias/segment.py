@@ -40,6 +40,10 @@ _WORD = re.compile(r"\w")
 # An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit;
 # or a colon before a capital, where an LLM's lead-in ("Here's a simple routine:") meets a sentence.
 _INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z]))(\s+)")
+# A full stop that ends an abbreviation, not a sentence ("the U.S. Army", "No. 1107", "e.g. Rome").
+_ABBREVIATION = re.compile(
+    r"(?:\b[A-Za-z]\.[A-Za-z]\.|\b(?:No|Nos|Dr|Mr|Mrs|Ms|Prof|St|Mt|vs|approx|Inc|Ltd|Co|Corp|Jr|Sr|Fig|Vol|Art|Sec|pp?|ca|cf|al)\.)$"
+)
 # An emphasised label that opens a sentence ("**Title:** use ...", "*Note*: ..."): markup and a
 # name, not prose; it stays outside the sentence, so the rewriter never drops or restyles it.
 _LABEL = re.compile(r"(\*{1,2}|_{1,2})(?![\s*_])[^*_\n]{1,60}?(?::\1|\1:)[ \t]+")
@@ -157,7 +161,8 @@ def pieces(sentence: str, min_words: int = 3) -> list[tuple[int, int]]:
     Native ...") or before a year ("... nation. 1920: ..."), and a list item's lead-in with what
     follows ("Here's a routine: It is just a fact that ..."): the screen reads each piece too, so
     one is not averaged away by the other, and only the pieces it flags are rewritten."""
-    cuts = [0, *(x for m in _INNER_END.finditer(sentence) for x in m.span(1)), len(sentence)]
+    ends = [m for m in _INNER_END.finditer(sentence) if not _ABBREVIATION.search(sentence, 0, m.start(1))]
+    cuts = [0, *(x for m in ends for x in m.span(1)), len(sentence)]
     spans: list[tuple[int, int]] = []
     pending: int | None = None  # start of short pieces waiting to join the next one
     for start, end in zip(cuts[::2], cuts[1::2]):
@@ -170,6 +175,11 @@ def pieces(sentence: str, min_words: int = 3) -> list[tuple[int, int]]:
     if pending is not None and spans:
         spans[-1] = (spans[-1][0], len(sentence))
     return spans if len(spans) > 1 else []
+
+
+def holds_code(text: str) -> bool:
+    """True when ``text`` holds inline code or a URL, which a rewrite could not give back byte for byte."""
+    return any(pattern.search(text) for pattern in (_INLINE_CODE, _URL))
 
 
 def opening_label(sentence: str) -> int:
