@@ -192,8 +192,13 @@ def test_harm_that_only_the_pieces_together_carry_is_rewritten_whole():
 
 
 def test_abbreviations_do_not_cut_pieces_and_a_piece_without_code_is_rewritable():
-    assert parts("Women in the U.S. Army are idiots who cannot lead anyone at all.") == []
-    assert parts("Under Regulation (EC) No. 1107/2006 the airline must help you board.") == []
+    for line in (
+        "Women in the U.S. Army are idiots who cannot lead anyone at all.",
+        "Under Regulation (EC) No. 1107/2006 the airline must help you board.",
+        "The novel by J. K. Rowling sold well, and idiots read it.",
+    ):
+        assert pieces(line, splice=True) == [], line  # never rewritten in pieces
+    assert len(pieces("All staff based in the U.S. Idiots run the place though.")) == 2  # but read so
     line = "Run `make test` before you push your branch to the main repository: Idiots skip the tests."
     assert len(split_sentences(line)) == 1 and not split_sentences(line)[0].rewritable
     engine = ScriptedEngine(["Many people skip the tests."])
@@ -213,6 +218,40 @@ def test_a_flagged_lead_in_keeps_its_colon_and_candidates_are_whole_texts():
         "Everyone should follow this routine: Warm up for ten minutes first.",
         "Anyone can follow this routine: Warm up for ten minutes first.",
     ]
+
+
+def test_pieces_never_cut_code_and_short_pieces_join_the_next_one():
+    assert pieces("Only idiots would set `environment: Production` in the shared staging config.") == []
+    line = "They never truly belong in any nation. 1920: The 19th Amendment is ratified in the U.S."
+    assert [line[a:b] for a, b in pieces(line)][1] == "1920: The 19th Amendment is ratified in the U.S."
+    line = "Idiots run that place, as everyone knows. Really."
+    assert pieces(line) == []  # the one-word tail joins the piece before it: one piece, no cut
+
+
+def test_a_flagged_piece_holding_code_is_flagged_and_the_screen_off_rewrites_whole_units():
+    line = "Here is a simple routine you can follow at home: Idiots, idiots run `make` daily."
+    engine = ScriptedEngine(["never used"])
+    engine.context_window = 1000
+    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([line])
+    assert engine.calls == [] and record["action"] == "flagged" and record["rewrite"] == line
+    assert record["spans"][0]["original"] == "Idiots, idiots run `make` daily."
+    glued = "Here is a simple routine you can follow at home: Idiots skip the warm-up."
+    engine = ScriptedEngine(["A routine everyone can follow."])
+    engine.context_window = 1000
+    settings = DebiasSettings(screen=False)
+    Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias", settings=settings).debias([glued])
+    assert glued in engine.calls[0][0]
+
+
+def test_a_piece_gets_the_rest_of_its_sentence_as_context():
+    answer = "Plan ahead. Here is a simple routine you can follow at home: Idiots skip the warm-up."
+    engine = ScriptedEngine(["Many people skip the warm-up."])
+    engine.context_window = 1000
+    settings = DebiasSettings(context=True)
+    debiaser = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias", settings=settings)
+    [record] = debiaser.debias([answer])
+    assert "Here is a simple routine you can follow at home:" in engine.calls[0][0]
+    assert record["rewrite"] == answer.replace("Idiots", "Many people")
 
 
 def test_code_and_tables_are_never_screened_and_protected_sentences_are_flagged_not_rewritten():

@@ -249,25 +249,30 @@ class Debiaser:
         from mbias.segment import pieces
 
         split = self.settings.screen and self.settings.granularity != "text"
-        spans = [[(0, len(u.text)), *(pieces(u.text) if split else [])] for u in todo]
-        scores = iter(self.judge.score([u.text[a:b] for u, sp in zip(todo, spans) for a, b in sp]))
+        # per unit: the whole, the pieces it may be rewritten in, then any other pieces the screen reads
+        spans = []
+        for unit in todo:
+            rewritable = pieces(unit.text, splice=True) if split else []
+            read = [p for p in (pieces(unit.text) if split else []) if p not in rewritable]
+            spans.append(([(0, len(unit.text)), *rewritable, *read], len(rewritable)))
+        scores = iter(self.judge.score([u.text[a:b] for u, (sp, _) in zip(todo, spans) for a, b in sp]))
         remaining = []
-        for unit, sp in zip(todo, spans):
+        for unit, (sp, n) in zip(todo, spans):
             own = [next(scores) for _ in sp]
             unit.before = {k: round(max(s[k] for s in own), 4) for k in own[0]}
             margin = self.settings.screen_margin
             if not self.settings.screen or self.judge.is_unsafe(unit.before, margin=margin):
                 flagged = [
                     self._piece(unit, a, b, score)
-                    for (a, b), score in zip(sp[1:], own[1:])
+                    for (a, b), score in zip(sp[1 : 1 + n], own[1 : 1 + n])
                     if self.judge.is_unsafe(score, margin=margin)
                 ]
                 # When the whole is over the threshold, a piece must be too: harm that only the
                 # pieces together carry ("... women at the wheel: They cannot park.") stays one unit.
-                carried = not self.judge.is_unsafe(own[0]) or any(
+                carried = not self.judge.is_unsafe(unit.before) or any(
                     self.judge.is_unsafe(piece.before) for piece in flagged
                 )
-                unit.pieces = flagged if 0 < len(flagged) < len(sp) - 1 and carried else []
+                unit.pieces = flagged if 0 < len(flagged) < n and carried else []
                 remaining.extend(unit.pieces or [unit])
             else:
                 unit.reason = REASON_CLEAN
@@ -483,8 +488,8 @@ def fit_to_sentence(original: str, rewrite: str) -> str:
         rewrite = " ".join(rewrite.split())
     if original[:1].isupper() and rewrite[:1].islower():
         rewrite = rewrite[0].upper() + rewrite[1:]
-    if original.endswith(":") and not rewrite.endswith(":"):
-        return rewrite.rstrip(" .!?") + ":"
+    if original.endswith(":") and (rewrite[-1:].isalnum() or rewrite.endswith(".")):
+        return rewrite.removesuffix(".") + ":"
     terminal = _TERMINAL.search(original)
     if terminal and not _TERMINAL.search(rewrite):
         rewrite += original[terminal.start()]

@@ -40,9 +40,14 @@ _WORD = re.compile(r"\w")
 # An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit;
 # or a colon before a capital, where an LLM's lead-in ("Here's a simple routine:") meets a sentence.
 _INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z]))(\s+)")
-# A full stop that ends an abbreviation, not a sentence ("the U.S. Army", "No. 1107", "e.g. Rome").
+# A full stop that may end an abbreviation, not a sentence ("the U.S. Army", "No. 1107", "J. K.
+# Rowling", "Sen. Warren"). A piece is rewritten alone only where its cut is not after one; the
+# screen reads the pieces at every cut, so this list costs no recall.
 _ABBREVIATION = re.compile(
-    r"(?:\b[A-Za-z]\.[A-Za-z]\.|\b(?:No|Nos|Dr|Mr|Mrs|Ms|Prof|St|Mt|vs|approx|Inc|Ltd|Co|Corp|Jr|Sr|Fig|Vol|Art|Sec|pp?|ca|cf|al)\.)$"
+    r"(?:\b[A-Za-z]\.(?:[A-Za-z]\.)+|\b[A-Z]\.|\b(?:no|nos|dr|mr|mrs|ms|prof|sen|rep|gov|gen|lt|col|capt|sgt"
+    r"|rev|st|mt|ave|vs|etc|approx|inc|ltd|co|corp|jr|sr|fig|figs|vol|art|sec|ch|eq|dept|jan|feb|mar|apr|jun"
+    r"|jul|aug|sep|sept|oct|nov|dec|pp?|ca|cf|al|ph\.d)\.)$",
+    re.IGNORECASE,
 )
 # An emphasised label that opens a sentence ("**Title:** use ...", "*Note*: ..."): markup and a
 # name, not prose; it stays outside the sentence, so the rewriter never drops or restyles it.
@@ -152,16 +157,21 @@ def split_sentences(answer: str) -> list[Sentence]:
     return sentences
 
 
-def pieces(sentence: str, min_words: int = 3) -> list[tuple[int, int]]:
+def pieces(sentence: str, min_words: int = 3, splice: bool = False) -> list[tuple[int, int]]:
     """(start, end) of each piece of one sentence between inner sentence ends (a full stop,
     question or exclamation mark, then a space and a capital or a digit; or a colon, a space and a
     capital); [] when there are not two pieces of at least ``min_words`` words. A shorter piece
-    joins the one after it ("1920: The ..."), the last one the one before.
+    joins the one after it ("1920: The ..."), the last one the one before. Inline code and URLs
+    are never cut. With ``splice`` a cut after a possible abbreviation does not count either, so
+    the pieces can be rewritten alone without cutting a name or a number in two.
     The segmenter keeps two sentences together after an abbreviation ("... e.g., door widths.
     Native ...") or before a year ("... nation. 1920: ..."), and a list item's lead-in with what
     follows ("Here's a routine: It is just a fact that ..."): the screen reads each piece too, so
     one is not averaged away by the other, and only the pieces it flags are rewritten."""
-    ends = [m for m in _INNER_END.finditer(sentence) if not _ABBREVIATION.search(sentence, 0, m.start(1))]
+    masked, _ = _mask(sentence)
+    ends = [
+        m for m in _INNER_END.finditer(masked) if not (splice and _ABBREVIATION.search(masked, 0, m.start(1)))
+    ]
     cuts = [0, *(x for m in ends for x in m.span(1)), len(sentence)]
     spans: list[tuple[int, int]] = []
     pending: int | None = None  # start of short pieces waiting to join the next one
