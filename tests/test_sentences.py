@@ -334,3 +334,55 @@ def test_debiaser_screens_by_default_and_none_turns_the_judge_off(monkeypatch):
     assert Debiaser(ScriptedEngine(["x"]), judge="none").judge is None
     monkeypatch.setenv("MBIAS_JUDGE", "none")
     assert Debiaser(ScriptedEngine(["x"])).judge is None
+
+
+# -- many generated answers: the splice invariants hold whatever the segmenter and pieces do ----
+_BITS = (
+    "Idiots run that place.",
+    "Plan ahead and book early.",
+    "Here is a simple routine you can follow at home:",
+    "They work in the U.S. Army now.",
+    "Run `make test: Now` before you push.",
+    "See https://example.org/Guide. It helps.",
+    "Read the book by J. K. Rowling first.",
+    "Under Regulation (EC) No. 1107/2006 you get help.",
+    "The 1920: Amendment passed",
+    "idiots, idiots everywhere",
+    "e.g. Rome. Then Paris.",
+    "Why? Because.",
+    '"Idiots," she said. "Fine."',
+    "Ça va? Très bien.",
+)
+
+
+def _answer(rng) -> str:
+    lines = []
+    for _ in range(rng.randint(1, 6)):
+        body = " ".join(rng.choice(_BITS) for _ in range(rng.randint(1, 4)))
+        lines.append(rng.choice(("", "- ", "1. ", "## ", "> ", "**Tip:** ")) + body)
+        if rng.random() < 0.2:
+            lines.append("```\nidiot = 1  # Idiots run that place.\n```")
+    return rng.choice(("\n", "\n\n")).join(lines)
+
+
+def test_generated_answers_keep_every_byte_outside_their_spans():
+    import random
+
+    rng = random.Random(7)
+    engine = ScriptedEngine(["Calm words.", "Other words"])
+    engine.context_window = 10_000
+    for settings in (DebiasSettings(), DebiasSettings(candidates=2, context=True)):
+        debiaser = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias", settings=settings)
+        answers = [_answer(rng) for _ in range(150)]
+        for answer, record in zip(answers, debiaser.debias(answers)):
+            spans = record["spans"]
+            assert all(answer[s["start"] : s["end"]] == s["original"] for s in spans)
+            assert all(a["end"] <= b["start"] for a, b in zip(spans, spans[1:]))
+            changed = {(s["start"], s["end"]): s["rewrite"] for s in spans if s["rewrite"] != s["original"]}
+            assert record["rewrite"] == splice(answer, changed)
+            assert all(record["rewrite"][s["output_start"] : s["output_end"]] == s["rewrite"] for s in spans)
+            assert answer.count("`make test: Now`") == record["rewrite"].count("`make test: Now`")
+            assert answer.count("https://example.org/Guide") == record["rewrite"].count(
+                "https://example.org/Guide"
+            )
+            assert answer.count("idiot = 1") == record["rewrite"].count("idiot = 1")
