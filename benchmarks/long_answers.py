@@ -23,6 +23,7 @@ overlaps it: the segmenter may cut it differently from the gold.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -143,10 +144,10 @@ def score_text_mode(answers: list[Answer], records: list[dict]) -> dict[str, flo
     }
 
 
-def compare_modes(debiasers: dict, answers: list[Answer], n: int, seed: int) -> dict:
+def compare_modes(debiaser, answers: list[Answer], n: int, seed: int) -> dict:
     """Seconds per answer in both modes on n clean and n biased answers, where the time went, and
-    what whole-text mode does to the biased ones. ``debiasers`` builds a Debiaser per mode with a
-    fresh judge, so no pass reads sentences another pass already embedded."""
+    what whole-text mode does to the biased ones. ``debiaser(granularity)`` builds each pass its
+    own Debiaser with a fresh judge, so no pass reads sentences another pass already embedded."""
     from mbias import profile
 
     rng = random.Random(seed)
@@ -156,9 +157,9 @@ def compare_modes(debiasers: dict, answers: list[Answer], n: int, seed: int) -> 
     for label, group in (("clean", clean), ("biased", biased)):
         seconds, judge, generation = {}, {}, {}
         for mode in ("sentence", "text"):
-            debiaser = debiasers[mode]()
+            path = debiaser(mode)
             profile.reset()
-            records, seconds[mode] = timed(debiaser, group)
+            records, seconds[mode] = timed(path, group)
             stages = profile.snapshot()
             judge[mode] = sum(stages.get(k, (0.0, 0))[0] for k in ("screen", "verify"))
             generation[mode] = sum(stages.get(k, (0.0, 0))[0] for k in ("generate", "prefill", "decode"))
@@ -175,18 +176,24 @@ def compare_modes(debiasers: dict, answers: list[Answer], n: int, seed: int) -> 
     return figures
 
 
-def run(args: argparse.Namespace) -> None:
+def warm_debiaser(engine, judge_spec: str, granularity: str):
+    """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty)."""
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.judges import load_judge
 
+    judge = load_judge(judge_spec)
+    judge.score(["warm-up"])
+    return Debiaser(engine, judge=judge, settings=DebiasSettings(granularity=granularity))
+
+
+def run(args: argparse.Namespace) -> None:
     answers = build(args.seed)
     if args.limit:
         answers = answers[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    judge = load_judge(args.judge)
-    judge.score(["warm-up"])
-    sentence = Debiaser(args.engine, judge=judge, settings=DebiasSettings(granularity="sentence"))
+    sentence = warm_debiaser(args.engine, args.judge, "sentence")
+    judge = sentence.judge
     print(
         f"{len(answers)} answers ({sum(not a.biased for a in answers)} clean), engine {sentence.engine.name}"
     )
@@ -199,18 +206,8 @@ def run(args: argparse.Namespace) -> None:
     figures["seconds per answer, all"] = seconds / len(answers)
 
     if args.baseline:
-
-        def fresh(granularity: str):
-            def build_debiaser() -> Debiaser:
-                judge = load_judge(args.judge)
-                judge.score(["warm-up"])
-                settings = DebiasSettings(granularity=granularity)
-                return Debiaser(sentence.engine, judge=judge, settings=settings)
-
-            return build_debiaser
-
-        debiasers = {"sentence": fresh("sentence"), "text": fresh("text")}
-        figures.update(compare_modes(debiasers, answers, args.baseline, args.seed))
+        fresh = functools.partial(warm_debiaser, sentence.engine, args.judge)
+        figures.update(compare_modes(fresh, answers, args.baseline, args.seed))
     for key, value in figures.items():
         print(f"{key:>58}: {value:.1f}" if isinstance(value, float) else f"{key:>58}: {value}")
     (out / "figures.json").write_text(json.dumps(figures, indent=1))

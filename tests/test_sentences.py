@@ -132,6 +132,18 @@ class DilutingJudge(FixedJudge):
         return [{"toxicity": toxicity(t), "bias": 0.0} for t in texts]
 
 
+def debias_one(text, outputs, judge=None, **settings):
+    """One text through the path with a scripted engine (wide enough for any test text) and the
+    diluting judge; returns the record and the engine, whose ``calls`` hold the prompts."""
+    engine = ScriptedEngine(outputs)
+    engine.context_window = 1000
+    debiaser = Debiaser(
+        engine, judge=judge or DilutingJudge(), prompt_style="mbias", settings=DebiasSettings(**settings)
+    )
+    [record] = debiaser.debias([text])
+    return record, engine
+
+
 def test_a_sentence_glued_to_another_is_screened_by_its_worst_piece_and_only_that_piece_changes():
     glued = (
         "Check the details with the hotel, e.g., door widths and whether the shower is roll-in. "
@@ -141,9 +153,7 @@ def test_a_sentence_glued_to_another_is_screened_by_its_worst_piece_and_only_tha
     assert parts(glued) == [glued[:86], "Idiots run that place."]
     whole = DilutingJudge().score([glued])[0]["toxicity"]
     assert whole < 0.5 * 0.35  # alone, the whole unit would pass the screen untouched
-    engine = ScriptedEngine(["Busy people run that place."])
-    engine.context_window = 1000
-    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([glued])
+    record, engine = debias_one(glued, ["Busy people run that place."])
     assert record["action"] == "rewritten"
     assert record["rewrite"] == glued[:87] + "Busy people run that place."
     [span] = record["spans"]
@@ -155,18 +165,14 @@ def test_a_lead_in_before_a_colon_stays_when_only_the_sentence_after_it_is_flagg
     line = "Here is a simple routine you can follow at home: Idiots skip the warm-up."
     assert parts(line) == ["Here is a simple routine you can follow at home:", "Idiots skip the warm-up."]
     assert parts("Note: The server restarts every night.") == []  # a one-word label is no piece
-    engine = ScriptedEngine(["Many people skip the warm-up."])
-    engine.context_window = 1000
-    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([line])
+    record, engine = debias_one(line, ["Many people skip the warm-up."])
     assert record["rewrite"] == line.replace("Idiots", "Many people")
 
 
 def test_a_sentence_whose_every_piece_is_flagged_is_rewritten_whole():
     both = "Idiots ignore the shower, e.g., roll-in. Idiots run that place."
     assert len(split_sentences(both)) == 1 and len(parts(both)) == 2
-    engine = ScriptedEngine(["Busy staff run the hotel."])
-    engine.context_window = 1000
-    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([both])
+    record, engine = debias_one(both, ["Busy staff run the hotel."])
     assert record["rewrite"] == "Busy staff run the hotel." and len(record["spans"]) == 1
 
 
@@ -184,10 +190,9 @@ class WheelJudge(DilutingJudge):
 def test_harm_that_only_the_pieces_together_carry_is_rewritten_whole():
     line = "Here is what I think about women at the wheel: They simply cannot park well."
     assert len(parts(line)) == 2
-    engine = ScriptedEngine(["Parking takes practice for everyone."])
-    engine.context_window = 1000
-    settings = DebiasSettings(screen_margin=0.3)
-    [record] = Debiaser(engine, judge=WheelJudge(), prompt_style="mbias", settings=settings).debias([line])
+    record, engine = debias_one(
+        line, ["Parking takes practice for everyone."], judge=WheelJudge(), screen_margin=0.3
+    )
     assert record["rewrite"] == "Parking takes practice for everyone." and record["input_toxicity"] == 0.9
 
 
@@ -201,18 +206,15 @@ def test_abbreviations_do_not_cut_pieces_and_a_piece_without_code_is_rewritable(
     assert len(pieces("All staff based in the U.S. Idiots run the place though.")) == 2  # but read so
     line = "Run `make test` before you push your branch to the main repository: Idiots skip the tests."
     assert len(split_sentences(line)) == 1 and not split_sentences(line)[0].rewritable
-    engine = ScriptedEngine(["Many people skip the tests."])
-    engine.context_window = 1000
-    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([line])
+    record, engine = debias_one(line, ["Many people skip the tests."])
     assert record["rewrite"] == line.replace("Idiots", "Many people")
 
 
 def test_a_flagged_lead_in_keeps_its_colon_and_candidates_are_whole_texts():
     line = "Idiots and only idiots should follow this routine: Warm up for ten minutes first."
-    engine = ScriptedEngine(["Everyone should follow this routine.", "Anyone can follow this routine"])
-    engine.context_window = 1000
-    settings = DebiasSettings(candidates=2)
-    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias", settings=settings).debias([line])
+    record, engine = debias_one(
+        line, ["Everyone should follow this routine.", "Anyone can follow this routine"], candidates=2
+    )
     assert record["rewrite"] == "Everyone should follow this routine: Warm up for ten minutes first."
     assert record["candidates"] == [
         "Everyone should follow this routine: Warm up for ten minutes first.",
@@ -230,26 +232,17 @@ def test_pieces_never_cut_code_and_short_pieces_join_the_next_one():
 
 def test_a_flagged_piece_holding_code_is_flagged_and_the_screen_off_rewrites_whole_units():
     line = "Here is a simple routine you can follow at home: Idiots, idiots run `make` daily."
-    engine = ScriptedEngine(["never used"])
-    engine.context_window = 1000
-    [record] = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias").debias([line])
+    record, engine = debias_one(line, ["never used"])
     assert engine.calls == [] and record["action"] == "flagged" and record["rewrite"] == line
     assert record["spans"][0]["original"] == "Idiots, idiots run `make` daily."
     glued = "Here is a simple routine you can follow at home: Idiots skip the warm-up."
-    engine = ScriptedEngine(["A routine everyone can follow."])
-    engine.context_window = 1000
-    settings = DebiasSettings(screen=False)
-    Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias", settings=settings).debias([glued])
+    _, engine = debias_one(glued, ["A routine everyone can follow."], screen=False)
     assert glued in engine.calls[0][0]
 
 
 def test_a_piece_gets_the_rest_of_its_sentence_as_context():
     answer = "Plan ahead. Here is a simple routine you can follow at home: Idiots skip the warm-up."
-    engine = ScriptedEngine(["Many people skip the warm-up."])
-    engine.context_window = 1000
-    settings = DebiasSettings(context=True)
-    debiaser = Debiaser(engine, judge=DilutingJudge(), prompt_style="mbias", settings=settings)
-    [record] = debiaser.debias([answer])
+    record, engine = debias_one(answer, ["Many people skip the warm-up."], context=True)
     assert "Here is a simple routine you can follow at home:" in engine.calls[0][0]
     assert record["rewrite"] == answer.replace("Idiots", "Many people")
 

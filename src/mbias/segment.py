@@ -81,9 +81,14 @@ def _protected_lines(text: str) -> set[int]:
     return protected
 
 
+def _protected(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds inline code or a URL."""
+    return [m.span() for pattern in (_INLINE_CODE, _URL) for m in pattern.finditer(text)]
+
+
 def _mask(text: str) -> tuple[str, list[tuple[int, int]]]:
     """``text`` with inline code and URLs replaced by same-length filler, and where they were."""
-    spans = [m.span() for pattern in (_INLINE_CODE, _URL) for m in pattern.finditer(text)]
+    spans = _protected(text)
     masked = list(text)
     for start, end in spans:
         masked[start:end] = "x" * (end - start)
@@ -189,7 +194,7 @@ def pieces(sentence: str, min_words: int = 3, splice: bool = False) -> list[tupl
 
 def holds_code(text: str) -> bool:
     """True when ``text`` holds inline code or a URL, which a rewrite could not give back byte for byte."""
-    return any(pattern.search(text) for pattern in (_INLINE_CODE, _URL))
+    return bool(_protected(text))
 
 
 def opening_label(sentence: str) -> int:
