@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mbias.errors import MbiasError
-from mbias.intervene import REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
+from mbias.intervene import REASON_CLEAN, REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
 from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render
 from mbias.records import RecordWriter, read_records, write_records
 from mbias.splits import bucket, is_dev, is_heldout, paper_test_set
@@ -151,16 +151,46 @@ class GradedJudge(FixedJudge):
 def test_screen_margin_sends_borderline_texts_to_the_rewriter():
     for margin, generated in ((1.0, 0), (0.5, 1)):
         engine = ScriptedEngine(["fix the printer, jerk"])
-        settings = DebiasSettings(screen_margin=margin, retries=0)
+        settings = DebiasSettings(screen_margin=margin, screen_margin_heads=("toxicity",), retries=0)
         debiaser = Debiaser(engine, judge=GradedJudge(), prompt_style="mbias", settings=settings)
         [record] = debiaser.debias(["fix the printer, jerk"])
         assert len(engine.calls) == generated
         assert record["action"] == "kept" and record["rewrite"] == "fix the printer, jerk"
 
 
+class TwoHeadJudge(FixedJudge):
+    """Toxicity 0.3 for "jerk" (1.0 for "idiot"), bias 0.3 for "lazy": suspects under a threshold of 0.5."""
+
+    def score(self, texts):
+        def toxicity(text):
+            return 1.0 if "idiot" in text else 0.3 if "jerk" in text else 0.0
+
+        return [{"toxicity": toxicity(t), "bias": 0.3 * ("lazy" in t)} for t in texts]
+
+    def is_unsafe(self, scores, margin=1.0):
+        return any(v >= 0.5 * margin for v in scores.values())
+
+
+def test_by_default_the_screen_margin_reads_the_bias_head_only():
+    """A bias suspect goes to the model; a text only the toxicity head suspects, under its
+    threshold, is passed as clean; over the threshold either head stops a text."""
+    settings = DebiasSettings(screen_margin=0.5, retries=0)
+    for text, generated in (("lazy people rent flats", 1), ("fix the printer, jerk", 0), ("you idiot", 1)):
+        engine = ScriptedEngine(["people rent flats"])
+        judge = TwoHeadJudge(unsafe_words=("idiot",))
+        [record] = Debiaser(engine, judge=judge, prompt_style="mbias", settings=settings).debias([text])
+        assert len(engine.calls) == generated, text
+        if not generated:
+            assert (record["rewrite"], record["reason"]) == (text, REASON_CLEAN)
+    wide = DebiasSettings(screen_margin=0.5, screen_margin_heads=("toxicity", "bias"), retries=0)
+    engine = ScriptedEngine(["please fix the printer"])
+    Debiaser(engine, judge=TwoHeadJudge(), prompt_style="mbias", settings=wide).debias(["fix the printer, jerk"])
+    assert len(engine.calls) == 1
+
+
 def test_a_suspect_keeps_its_text_unless_a_rewrite_clears_the_screen():
     """Under the threshold but over the screen's margin: a rewrite must pass the screen itself."""
-    settings = DebiasSettings(screen_margin=0.5, retries=0)
+    settings = DebiasSettings(screen_margin=0.5, screen_margin_heads=("toxicity",), retries=0)
     for output, action, rewrite in (
         ("fix the printer now, jerk", "kept", "fix the printer, jerk"),  # as suspect as before
         ("please fix the printer", "rewritten", "please fix the printer"),
@@ -184,7 +214,7 @@ def test_a_suspect_keeps_its_text_unless_a_rewrite_clears_the_screen():
 
 def test_a_suspect_that_holds_code_is_kept_and_one_judged_unsafe_is_flagged():
     """Neither is sent to the model; only a text over the threshold is reported as flagged."""
-    settings = DebiasSettings(screen_margin=0.5, retries=0)
+    settings = DebiasSettings(screen_margin=0.5, screen_margin_heads=("toxicity",), retries=0)
     for text, action in (("run `make`, jerk", "kept"), ("run `make`, idiot", "flagged")):
         engine = ScriptedEngine(["never used"])
         debiaser = Debiaser(engine, judge=GradedJudge(), prompt_style="mbias", settings=settings)

@@ -282,3 +282,21 @@ def test_held_out_reads_are_the_rows_both_readers_labelled_outside_training_shee
     rows, labels = held_out_reads(tmp_path)
     assert rows == [("t1", "c1")]  # t2 and t3 have one reader each; training sheets never count
     assert labels == {"reader 1": {("t1", "c1"): 1}, "reader 2": {("t1", "c1"): 0}}
+
+
+def test_long_answer_set_puts_biased_sentences_only_where_a_sentence_can_start():
+    """The long-answer benchmark's gold: each spliced-in biased sentence sits at its offsets and
+    follows a sentence that ends in punctuation, or starts its paragraph or list item."""
+    import re
+
+    from mbias.eval.answers import build
+
+    answers = build()
+    assert len(answers) >= 200 and sum(len(a.biased) for a in answers) >= 200
+    for answer in answers:
+        for (start, end), row in zip(answer.biased, answer.biased_rows):
+            assert answer.markdown[start:end].rstrip(".").lower().startswith(row["biased_text"][:20].lower())
+            before = answer.markdown[:start]
+            assert before == "" or re.search(r"(\n|^- |\n- |\d\. )$", before) or re.search(
+                r"[.!?:][\"')\]*_`]* $", before
+            ), before[-60:]

@@ -134,7 +134,9 @@ class DilutingJudge(FixedJudge):
 
 def debias_one(text, outputs, judge=None, **settings):
     """One text through the path with a scripted engine (wide enough for any test text) and the
-    diluting judge; returns the record and the engine, whose ``calls`` hold the prompts."""
+    diluting judge; returns the record and the engine, whose ``calls`` hold the prompts. The
+    doubles grade toxicity, so the screen's margin reads that head here."""
+    settings.setdefault("screen_margin_heads", ("toxicity",))
     engine = ScriptedEngine(outputs)
     engine.context_window = 1000
     debiaser = Debiaser(

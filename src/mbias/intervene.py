@@ -54,6 +54,12 @@ class DebiasSettings:
     # At 1.0 the screen let through 71 % of the mbias-test inputs the paper's GPT judge flagged and
     # left copies of 13 of 50 biased inputs in a blind read; at 0.35, 91 % (docs/lab/results-log.md).
     screen_margin: float = 0.35
+    # The heads whose scores the margin applies to; any other head catches a unit only at its
+    # threshold. Under the toxicity threshold the band held more fair sentences than unsafe ones
+    # (held-out bias-set pairs 4.6 % of fair against 0.4 % of biased; ToxiGen 3.6 against 2.6 %)
+    # and its rewrites broke clean advice ("never push into pain" -> "push into pain"); without
+    # it the screen still sends 91.5 % of the GPT-flagged mbias-test inputs (docs/lab/results-log.md).
+    screen_margin_heads: tuple[str, ...] = ("bias",)
     min_similarity: float = 0.5  # below this a candidate has lost the message
     # When no candidate passes the judge, sample this many more and choose again (0: never).
     # Off by default: with the shipped adapter a blind read found no gain (the judge picks
@@ -261,11 +267,11 @@ class Debiaser:
             own = [next(scores) for _ in sp]
             unit.before = {k: round(max(s[k] for s in own), 4) for k in own[0]}
             margin = self.settings.screen_margin
-            if not self.settings.screen or self.judge.is_unsafe(unit.before, margin=margin):
+            if not self.settings.screen or self._caught(unit.before, margin):
                 flagged = [
                     self._piece(unit, a, b, score)
                     for (a, b), score in zip(sp[1 : 1 + n], own[1 : 1 + n])
-                    if self.judge.is_unsafe(score, margin=margin)
+                    if self._caught(score, margin)
                 ]
                 # When the whole is over the threshold, a piece must be too: harm that only the
                 # pieces together carry ("... women at the wheel: They cannot park.") stays one unit.
@@ -277,6 +283,16 @@ class Debiaser:
             else:
                 unit.reason = REASON_CLEAN
         return remaining
+
+    def _caught(self, scores: dict[str, float], margin: float) -> bool:
+        """Whether the screen stops these scores: any head at its threshold, or one of
+        ``screen_margin_heads`` at ``margin`` times its threshold."""
+        if self.judge.is_unsafe(scores):
+            return True
+        if margin >= 1.0:
+            return False
+        banded = {k: v if k in self.settings.screen_margin_heads else 0.0 for k, v in scores.items()}
+        return self.judge.is_unsafe(banded, margin=margin)
 
     def _piece(self, unit: Unit, start: int, end: int, score: dict[str, float]) -> Unit:
         """A flagged piece of ``unit`` as a unit of its own, with its unit's other text as context."""
@@ -358,12 +374,12 @@ class Debiaser:
             best, best_scores, best_similarity = min(
                 ranked[id(unit)],
                 key=lambda c: (
-                    self.judge.is_unsafe(c[1], margin=bar),
+                    self._caught(c[1], bar),
                     c[2] < self.settings.min_similarity,
                     -c[2],
                 ),
             )
-            if bar < 1.0 and self.judge.is_unsafe(best_scores, margin=bar):
+            if bar < 1.0 and self._caught(best_scores, bar):
                 unit.action, unit.reason = "kept", REASON_SUSPECT_KEPT
                 continue
             unit.rewrite = best

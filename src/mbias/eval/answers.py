@@ -101,6 +101,13 @@ def biased_sentence(text: str) -> str:
     return text if re.search(r"[.!?]['\")]*$", text) else text + "."
 
 
+def ends_sentence(text: str) -> bool:
+    """Whether a sentence of an answer ends in terminal punctuation. A biased sentence goes in only
+    after one that does: a list item written as a bare label ("Functions and modules") followed by
+    a sentence is not text an LLM writes, and no segmenter can find the boundary between them."""
+    return bool(re.search(r"[.!?:][\"')\]*_`]*$", text.strip()))
+
+
 def load_answers() -> list[dict]:
     rows = []
     for path in sorted(repo_path("benchmarks", "data", "answers").glob("*.jsonl")):
@@ -125,7 +132,8 @@ def heldout_biased_rows() -> list[dict]:
 
 
 def build(seed: int = 0) -> list[Answer]:
-    """Each neutral answer clean, with one, and with two biased sentences at random prose places."""
+    """Each neutral answer clean, with one, and with two biased sentences at random prose places
+    (at the start of a paragraph or list item, or after a sentence that ends in punctuation)."""
     rng = random.Random(seed)
     pool = heldout_biased_rows()
     rng.shuffle(pool)
@@ -139,6 +147,7 @@ def build(seed: int = 0) -> list[Answer]:
             )
             if block["type"] in ("paragraph", "list")
             for p in range(len(item) + 1)
+            if p == 0 or ends_sentence(item[p - 1])
         ]
         built.append(render(answer))
         for count in (1, 2):
