@@ -184,7 +184,9 @@ def test_by_default_the_screen_margin_reads_the_bias_head_only():
             assert (record["rewrite"], record["reason"]) == (text, REASON_CLEAN)
     wide = DebiasSettings(screen_margin=0.5, screen_margin_heads=("toxicity", "bias"), retries=0)
     engine = ScriptedEngine(["please fix the printer"])
-    Debiaser(engine, judge=TwoHeadJudge(), prompt_style="mbias", settings=wide).debias(["fix the printer, jerk"])
+    Debiaser(engine, judge=TwoHeadJudge(), prompt_style="mbias", settings=wide).debias(
+        ["fix the printer, jerk"]
+    )
     assert len(engine.calls) == 1
 
 

@@ -297,6 +297,8 @@ def test_long_answer_set_puts_biased_sentences_only_where_a_sentence_can_start()
         for (start, end), row in zip(answer.biased, answer.biased_rows):
             assert answer.markdown[start:end].rstrip(".").lower().startswith(row["biased_text"][:20].lower())
             before = answer.markdown[:start]
-            assert before == "" or re.search(r"(\n|^- |\n- |\d\. )$", before) or re.search(
-                r"[.!?:][\"')\]*_`]* $", before
+            assert (
+                before == ""
+                or re.search(r"(\n|^- |\n- |\d\. )$", before)
+                or re.search(r"[.!?:][\"')\]*_`]* $", before)
             ), before[-60:]
