@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -159,35 +160,69 @@ def test_screen_margin_sends_borderline_texts_to_the_rewriter():
 
 
 class TwoHeadJudge(FixedJudge):
-    """Toxicity 0.3 for "jerk" (1.0 for "idiot"), bias 0.3 for "lazy": suspects under a threshold of 0.5."""
+    """Per head 0.3 (a suspect under the threshold of 0.5) or 1.0: toxicity for "jerk" / "idiot",
+    bias for "lazy" / "scum"."""
+
+    thresholds = {"toxicity": 0.5, "bias": 0.5}
 
     def score(self, texts):
-        def toxicity(text):
-            return 1.0 if "idiot" in text else 0.3 if "jerk" in text else 0.0
+        def grade(text, suspect, unsafe):
+            return 1.0 if unsafe in text else 0.3 if suspect in text else 0.0
 
-        return [{"toxicity": toxicity(t), "bias": 0.3 * ("lazy" in t)} for t in texts]
+        return [{"toxicity": grade(t, "jerk", "idiot"), "bias": grade(t, "lazy", "scum")} for t in texts]
 
     def is_unsafe(self, scores, margin=1.0):
         return any(v >= 0.5 * margin for v in scores.values())
 
 
+def two_head_debias(text, output, **settings):
+    engine = ScriptedEngine([output])
+    settings = DebiasSettings(**{"screen_margin": 0.5, "retries": 0, **settings})
+    [record] = Debiaser(engine, judge=TwoHeadJudge(), prompt_style="mbias", settings=settings).debias([text])
+    return record, engine
+
+
 def test_by_default_the_screen_margin_reads_the_bias_head_only():
     """A bias suspect goes to the model; a text only the toxicity head suspects, under its
     threshold, is passed as clean; over the threshold either head stops a text."""
-    settings = DebiasSettings(screen_margin=0.5, retries=0)
-    for text, generated in (("lazy people rent flats", 1), ("fix the printer, jerk", 0), ("you idiot", 1)):
-        engine = ScriptedEngine(["people rent flats"])
-        judge = TwoHeadJudge(unsafe_words=("idiot",))
-        [record] = Debiaser(engine, judge=judge, prompt_style="mbias", settings=settings).debias([text])
+    for text, generated in (
+        ("lazy people rent flats", 1),
+        ("fix the printer, jerk", 0),
+        ("you idiot", 1),
+        ("scum rent flats", 1),
+    ):
+        record, engine = two_head_debias(text, "people rent flats")
         assert len(engine.calls) == generated, text
         if not generated:
             assert (record["rewrite"], record["reason"]) == (text, REASON_CLEAN)
-    wide = DebiasSettings(screen_margin=0.5, screen_margin_heads=("toxicity", "bias"), retries=0)
-    engine = ScriptedEngine(["please fix the printer"])
-    Debiaser(engine, judge=TwoHeadJudge(), prompt_style="mbias", settings=wide).debias(
-        ["fix the printer, jerk"]
-    )
+    wide = {"screen_margin_heads": ("toxicity", "bias")}
+    _, engine = two_head_debias("fix the printer, jerk", "please fix it", **wide)
     assert len(engine.calls) == 1
+
+
+def test_a_suspects_rewrite_must_clear_the_margin_on_every_head():
+    """A bias suspect's rewrite that only trades the bias for a toxic word under its threshold is
+    not safer: the suspect keeps its text."""
+    record, _ = two_head_debias("lazy people rent flats", "people rent flats, jerk")
+    assert (record["action"], record["rewrite"], record["reason"]) == (
+        "kept",
+        "lazy people rent flats",
+        REASON_SUSPECT_KEPT,
+    )
+    record, _ = two_head_debias("lazy people rent flats", "people rent flats")
+    assert (record["action"], record["rewrite"]) == ("rewritten", "people rent flats")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"screen_margin": 1.5}, "screen_margin must be in (0, 1]"),
+        ({"screen_margin_heads": ("biased",)}, "screen_margin_heads ['biased']"),
+    ],
+)
+def test_screen_settings_a_judge_cannot_honour_are_refused(settings, message):
+    with pytest.raises(MbiasError, match=re.escape(message)):
+        two_head_debias("lazy people", "people", **settings)
 
 
 def test_a_suspect_keeps_its_text_unless_a_rewrite_clears_the_screen():

@@ -50,9 +50,10 @@ class DebiasSettings:
     candidates: int = 1
     temperature: float = 0.0
     screen: bool = True  # skip generation for units the judge finds clean
-    # A unit skips generation only when every score is below this share of the judge's threshold.
-    # At 1.0 the screen let through 71 % of the mbias-test inputs the paper's GPT judge flagged and
-    # left copies of 13 of 50 biased inputs in a blind read; at 0.35, 91 % (docs/lab/results-log.md).
+    # A unit skips generation only when every score is under its threshold and the scores of
+    # ``screen_margin_heads`` are under this share of theirs (at most 1). At 1.0 the screen let
+    # through 71 % of the mbias-test inputs the paper's GPT judge flagged and left copies of 13 of
+    # 50 biased inputs in a blind read; at 0.35, 91 % (docs/lab/results-log.md).
     screen_margin: float = 0.35
     # The heads whose scores the margin applies to; any other head catches a unit only at its
     # threshold. Under the toxicity threshold the band held more fair sentences than unsafe ones
@@ -133,6 +134,14 @@ class Debiaser:
         self.settings = settings or DebiasSettings()
         if self.settings.granularity not in GRANULARITIES:
             raise MbiasError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        if not 0.0 < self.settings.screen_margin <= 1.0:
+            raise MbiasError(f"screen_margin must be in (0, 1], not {self.settings.screen_margin}")
+        if isinstance(self.settings.screen_margin_heads, str):
+            self.settings.screen_margin_heads = (self.settings.screen_margin_heads,)
+        known = getattr(self.judge, "thresholds", None)
+        unknown = set(self.settings.screen_margin_heads) - set(known) if isinstance(known, dict) else set()
+        if unknown:
+            raise MbiasError(f"screen_margin_heads {sorted(unknown)}: the judge's heads are {sorted(known)}")
         context = self.settings.context
         self.use_context = entry.context if context is None else context
 
@@ -374,12 +383,12 @@ class Debiaser:
             best, best_scores, best_similarity = min(
                 ranked[id(unit)],
                 key=lambda c: (
-                    self._caught(c[1], bar),
+                    self.judge.is_unsafe(c[1], margin=bar),
                     c[2] < self.settings.min_similarity,
                     -c[2],
                 ),
             )
-            if bar < 1.0 and self._caught(best_scores, bar):
+            if bar < 1.0 and self.judge.is_unsafe(best_scores, margin=bar):
                 unit.action, unit.reason = "kept", REASON_SUSPECT_KEPT
                 continue
             unit.rewrite = best
@@ -395,8 +404,8 @@ class Debiaser:
     def _bar(self, unit: Unit) -> float:
         """The margin a unit's rewrite must get under. A unit the judge finds unsafe needs a rewrite
         under the threshold. A suspect (under the threshold, caught only by the screen's margin)
-        keeps its own text unless a rewrite clears the screen that stopped it: a rewrite the judge
-        finds hardly safer than a text it already passes only risks the meaning.
+        keeps its own text unless a rewrite gets under the margin on every head: a rewrite the
+        judge finds hardly safer than a text it already passes, or more toxic, only risks the meaning.
         On the long-answer benchmark this kept 18 of 36 changes to clean sentences and lost 2 of
         275 biased ones (docs/lab/results-log.md)."""
         if not self.settings.screen or not unit.before or self.judge.is_unsafe(unit.before):

@@ -102,9 +102,10 @@ def biased_sentence(text: str) -> str:
 
 
 def ends_sentence(text: str) -> bool:
-    """Whether a sentence of an answer ends in terminal punctuation. A biased sentence goes in only
-    after one that does: a list item written as a bare label ("Functions and modules") followed by
-    a sentence is not text an LLM writes, and no segmenter can find the boundary between them."""
+    """Whether a sentence of an answer ends in . ! ? or : (quotes, brackets and markup after it
+    allowed). A biased sentence goes in only after one that does: a list item written as a bare
+    label ("Functions and modules") followed by a sentence is not text an LLM writes, and no
+    segmenter can find the boundary between them."""
     return bool(re.search(r"[.!?:][\"')\]*_`]*$", text.strip()))
 
 
