@@ -195,6 +195,7 @@ def test_by_default_the_screen_margin_reads_the_bias_head_only():
         assert len(engine.calls) == generated, text
         if not generated:
             assert (record["rewrite"], record["reason"]) == (text, REASON_CLEAN)
+    assert DebiasSettings(screen_margin_heads="bias").screen_margin_heads == ("bias",)
     wide = {"screen_margin_heads": ("toxicity", "bias")}
     _, engine = two_head_debias("fix the printer, jerk", "please fix it", **wide)
     assert len(engine.calls) == 1

@@ -74,6 +74,10 @@ class DebiasSettings:
     # says (only an adapter trained with context gets it, so prompts match training).
     context: bool | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.screen_margin_heads, str):  # ("bias") is a string, not a one-head tuple
+            self.screen_margin_heads = (self.screen_margin_heads,)
+
 
 class InputTooLong(MbiasError):
     pass
@@ -136,8 +140,6 @@ class Debiaser:
             raise MbiasError(f"granularity must be one of {', '.join(GRANULARITIES)}")
         if not 0.0 < self.settings.screen_margin <= 1.0:
             raise MbiasError(f"screen_margin must be in (0, 1], not {self.settings.screen_margin}")
-        if isinstance(self.settings.screen_margin_heads, str):
-            self.settings.screen_margin_heads = (self.settings.screen_margin_heads,)
         known = getattr(self.judge, "thresholds", None)
         unknown = set(self.settings.screen_margin_heads) - set(known) if isinstance(known, dict) else set()
         if unknown:
