@@ -8,8 +8,8 @@ import re
 import pytest
 
 from mbias.errors import MbiasError
-from mbias.intervene import REASON_CLEAN, REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
-from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render
+from mbias.intervene import REASON_CLEAN, REASON_NO_REWRITE, REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
+from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render, repeats_itself
 from mbias.records import RecordWriter, read_records, write_records
 from mbias.splits import bucket, is_dev, is_heldout, paper_test_set
 from tests.doubles import FixedJudge, ScriptedEngine
@@ -51,6 +51,45 @@ def test_refusals_detected():
     assert is_refusal("I'm sorry, but I cannot assist with that.")
     assert is_refusal("As an AI, I won't rephrase this")
     assert not is_refusal("The roads in town need repair.")
+
+
+@pytest.mark.parametrize(
+    "rewrite, source, loops",
+    [
+        # garbled rewrites a blind read or the long-answer benchmark found
+        ("These move 11 days earlier each year each year.", "These move 11 days earlier each year.", True),
+        ("Men can be bisexual, bisexual, bisexual, bisexual.", "Men can't be bisexual.", True),
+        (
+            "Moving refugees to a country that agreed to admit them, to a country that agreed to accep",
+            "Moving refugees to a country that agreed to admit them.",
+            True,
+        ),
+        # repeats the source already makes, and ordinary rewrites
+        ("Please, please check the the form.", "Please, please check the the form!", False),
+        ("They had had enough of the long wait.", "They had had enough of the wait.", False),
+        ("Some people study hard and some people rest.", "Lazy people never study.", False),
+        ("", "anything", False),
+    ],
+)
+def test_decoding_loops_are_told_from_rewrites(rewrite, source, loops):
+    assert repeats_itself(rewrite, source) is loops
+
+
+def test_a_looping_rewrite_is_never_spliced_in():
+    """A loop is not a rewrite: a flagged text keeps its words and is flagged; a suspect keeps its
+    text as clean."""
+    record, _ = two_head_debias("scum rent flats", "people rent flats rent flats")
+    assert (record["action"], record["rewrite"], record["reason"]) == (
+        "flagged",
+        "scum rent flats",
+        REASON_NO_REWRITE,
+    )
+    record, _ = two_head_debias("lazy people rent flats", "people rent flats rent flats")
+    assert (record["action"], record["rewrite"], record["reason"]) == (
+        "kept",
+        "lazy people rent flats",
+        REASON_SUSPECT_KEPT,
+    )
 
 
 def test_splits_are_stable_and_normalised():

@@ -23,12 +23,12 @@ from mbias.engines import Engine, load_engine
 from mbias.errors import MbiasError
 from mbias.judges import Judge, load_judge
 from mbias.profile import stage
-from mbias.prompts import Context, clean_output, is_refusal, render
+from mbias.prompts import Context, clean_output, is_refusal, render, repeats_itself
 from mbias.records import Record, texts_to_records
 
 # The reasons a record or span gives for not being rewritten; benchmarks count records by them.
 REASON_CLEAN = "input judged clean"
-REASON_NO_REWRITE = "no usable rewrite (empty or refusal)"
+REASON_NO_REWRITE = "no usable rewrite (empty, refusal or a decoding loop)"
 REASON_UNSAFE = "no candidate judged safe"
 REASON_LOST_MEANING = "rewrite lost the meaning"
 REASON_PROTECTED = "holds code or a URL: not sent to the model"
@@ -360,10 +360,12 @@ class Debiaser:
     def _choose(self, units: list[Unit], candidates: list[list[str]]) -> None:
         """Verify every unit's candidates in one judge call and keep each unit's best: safe first,
         then meaning kept, then the most similar."""
-        usable = [[c for c in dict.fromkeys(cs) if c.strip() and not is_refusal(c)] for cs in candidates]
+        usable = [[c for c in dict.fromkeys(cs) if _usable(c, u.text)] for u, cs in zip(units, candidates)]
         for unit, tried, ok in zip(units, candidates, usable):
             unit.candidates, unit.rewrite, unit.reason = tried, None, None
-            if not ok:
+            if not ok and self.judge is not None and self._bar(unit) < 1.0:
+                unit.action, unit.reason = "kept", REASON_SUSPECT_KEPT
+            elif not ok:
                 unit.action, unit.reason = "flagged", REASON_NO_REWRITE
             elif self.judge is None:
                 unit.rewrite, unit.action = ok[0], _action(unit.text, ok[0])
@@ -540,6 +542,11 @@ def _spliced_candidates(text: str, units: list[Unit]) -> list[str]:
         )
         for i in range(count)
     ]
+
+
+def _usable(candidate: str, text: str) -> bool:
+    """Empty outputs, refusals and decoding loops are not rewrites of ``text``."""
+    return bool(candidate.strip()) and not is_refusal(candidate) and not repeats_itself(candidate, text)
 
 
 def _action(text: str, rewrite: str) -> str:

@@ -7,6 +7,7 @@ prompts here, so the model sees at inference exactly the format it was trained o
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 INSTRUCTION = (
@@ -147,6 +148,34 @@ _REFUSAL = re.compile(
 def is_refusal(text: str) -> bool:
     """A refusal is not a rewrite: it loses the whole message."""
     return bool(_REFUSAL.search(text))
+
+
+_WORD = re.compile(r"\w+(?:'\w+)?")
+LOOP_NGRAM = 4  # words
+LOOP_LONGEST = 12  # words of a phrase said twice in a row; longer loops are caught as n-grams
+
+
+def repeats_itself(text: str, source: str = "") -> bool:
+    """Whether ``text`` holds a decoding loop its ``source`` does not: a phrase of two or more
+    words said twice in a row ("each year each year"), or a phrase of LOOP_NGRAM words said more
+    often than in the source. Small rewriters loop on long sentences and the similarity check
+    passes the result (a loop repeats the source's own words). Over 1,016 people-written rewrites
+    of the blind reads this fires on none; over the model rewrites, on 0.5-1 %, nearly all garbled
+    (docs/lab/results-log.md)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    source_words = [w.lower() for w in _WORD.findall(source)]
+    said = f" {' '.join(source_words)} "
+    for size in range(2, min(len(words) // 2, LOOP_LONGEST) + 1):
+        for i in range(len(words) - 2 * size + 1):
+            twice = words[i : i + 2 * size]
+            if twice[:size] == twice[size:] and f" {' '.join(twice)} " not in said:
+                return True
+    before = _ngrams(source_words)
+    return any(n > 1 and n > before[gram] for gram, n in _ngrams(words).items())
+
+
+def _ngrams(words: list[str]) -> Counter:
+    return Counter(tuple(words[i : i + LOOP_NGRAM]) for i in range(len(words) - LOOP_NGRAM + 1))
 
 
 # ==============================================================================================
