@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from mbias.judges import head_margin
+
 
 class ScriptedEngine:
     """Returns fixed completions: the choose step is what is under test, not a model."""
@@ -37,4 +39,4 @@ class FixedJudge:
         return ["insult or profanity" if any(w in t for w in self.unsafe_words) else None for t in texts]
 
     def is_unsafe(self, scores, margin=1.0):
-        return scores["toxicity"] >= 0.5 * margin
+        return scores["toxicity"] >= 0.5 * head_margin(margin, "toxicity")

@@ -20,6 +20,7 @@ from mbias.annotate.store import Conflict, NewCandidate, NewItem, Store
 from mbias.cli import app
 from mbias.errors import MbiasError
 from mbias.intervene import Debiaser, DebiasSettings
+from mbias.judges import head_margin
 from mbias.records import read_records
 
 runner = CliRunner()
@@ -62,7 +63,7 @@ class LengthJudge:
         return [len(a & b) / max(1, len(b)) for a, b in words]
 
     def is_unsafe(self, scores, margin=1.0):
-        return scores["toxicity"] >= 0.5 * margin
+        return scores["toxicity"] >= 0.5 * head_margin(margin, "toxicity")
 
 
 def add_item(store: Store, text: str, candidates: tuple[str, ...] = ("a fair rewrite",), **fields) -> int:

@@ -9,6 +9,7 @@ import pytest
 
 from mbias.errors import MbiasError
 from mbias.intervene import REASON_CLEAN, REASON_NO_REWRITE, REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
+from mbias.judges import head_margin
 from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render, repeats_itself
 from mbias.records import RecordWriter, read_records, write_records
 from mbias.splits import bucket, is_dev, is_heldout, paper_test_set
@@ -211,7 +212,7 @@ class TwoHeadJudge(FixedJudge):
         return [{"toxicity": grade(t, "jerk", "idiot"), "bias": grade(t, "lazy", "scum")} for t in texts]
 
     def is_unsafe(self, scores, margin=1.0):
-        return any(v >= 0.5 * margin for v in scores.values())
+        return any(v >= 0.5 * head_margin(margin, k) for k, v in scores.items())
 
 
 def two_head_debias(text, output, **settings):

@@ -11,6 +11,7 @@ import pytest
 
 from mbias.eval.metrics import evaluate, output_status, paper_table, summarise
 from mbias.eval.paper import published_means
+from mbias.judges import head_margin
 from mbias.records import read_records, write_records
 
 
@@ -32,7 +33,7 @@ class FixedJudge:
         return [self.pairs[(s, o)] for s, o in zip(sources, outputs)]
 
     def is_unsafe(self, scores, margin=1.0):
-        return any(v >= 0.5 * margin for v in scores.values())
+        return any(v >= 0.5 * head_margin(margin, k) for k, v in scores.items())
 
 
 SCORES = {

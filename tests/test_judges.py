@@ -110,6 +110,10 @@ def test_is_unsafe_uses_each_heads_own_threshold():
     assert judge.is_unsafe({"toxicity": 0.29, "bias": 0.0}, margin=0.5)
     assert judge.is_unsafe({"toxicity": 0.0, "bias": 0.41}, margin=0.5)
     assert not judge.is_unsafe({"toxicity": 0.14, "bias": 0.39}, margin=0.5)
+    # per head: the named head's threshold is scaled, any other head keeps its own
+    assert judge.is_unsafe({"toxicity": 0.0, "bias": 0.41}, margin={"bias": 0.5})
+    assert not judge.is_unsafe({"toxicity": 0.29, "bias": 0.39}, margin={"bias": 0.5})
+    assert judge.is_unsafe({"toxicity": 0.3, "bias": 0.0}, margin={"bias": 0.5})
 
 
 class CountingEncoder:

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 
 from mbias.errors import MbiasError
 from mbias.eval.metrics import evaluate
-from mbias.judges import load_judge
+from mbias.judges import head_margin, load_judge
 from mbias.judges.cascade import CascadeJudge, onto_threshold
 from mbias.judges.llm import JudgeAnswerError, LLMJudge, extract_json_object, parse_items, parse_verdicts
 from mbias.prompts import JUDGE_VERDICT
@@ -96,6 +96,9 @@ def test_malformed_answers_fail_the_row_after_retries_not_score_zero():
     assert len(engine.prompts) == 3 and "previous answer was rejected" in engine.prompts[-1]
     scores = judge.score(["Some text."])[0]
     assert math.isnan(scores["bias"]) and judge.is_unsafe(scores)  # unknown is not safe
+    assert judge.is_unsafe({"bias": float("nan"), "toxicity": 0.0}, margin={"toxicity": 0.5})
+    assert judge.is_unsafe({"bias": 0.0, "toxicity": 0.3}, margin={"toxicity": 0.5})
+    assert not judge.is_unsafe({"bias": 0.3, "toxicity": 0.0}, margin={"toxicity": 0.5})
     assert judge.measure(["bias"], [""], [""])[0]["bias"] == 0.0  # nothing to judge: no model call
     with pytest.raises(MbiasError, match="unknown judge metric"):
         judge.measure(["fairness"], ["x"], ["y"])
@@ -223,7 +226,7 @@ class FixedJudge:
         return [dict(zip(("toxicity", "bias"), self.scores[t])) for t in texts]
 
     def is_unsafe(self, scores, margin=1.0):
-        return any(scores[h] >= margin * t for h, t in self.thresholds.items())
+        return any(scores[h] >= head_margin(margin, h) * t for h, t in self.thresholds.items())
 
 
 def test_threshold_mapping_is_monotone_and_keeps_the_decision():

@@ -11,6 +11,7 @@ import pytest
 
 from mbias import config
 from mbias.eval.probes import STATEMENTS, run_probe, sample_statements, spread
+from mbias.judges import head_margin
 from mbias.splits import is_heldout
 
 CALM = "A calm statement."
@@ -70,7 +71,7 @@ class CalmJudge:
         return [1.0 if o in (s, f"{s} .") else 0.25 for s, o in zip(sources, outputs)]
 
     def is_unsafe(self, scores, margin=1.0):
-        return any(v >= 0.5 * margin for v in scores.values())
+        return any(v >= 0.5 * head_margin(margin, k) for k, v in scores.items())
 
 
 def test_probe_figures_per_group():

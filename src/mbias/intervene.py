@@ -298,12 +298,9 @@ class Debiaser:
     def _caught(self, scores: dict[str, float], margin: float) -> bool:
         """Whether the screen stops these scores: any head at its threshold, or one of
         ``screen_margin_heads`` at ``margin`` times its threshold."""
-        if self.judge.is_unsafe(scores):
-            return True
-        if margin >= 1.0:
-            return False
-        banded = {k: v if k in self.settings.screen_margin_heads else 0.0 for k, v in scores.items()}
-        return self.judge.is_unsafe(banded, margin=margin)
+        return self.judge.is_unsafe(
+            scores, margin={head: margin for head in self.settings.screen_margin_heads}
+        )
 
     def _piece(self, unit: Unit, start: int, end: int, score: dict[str, float]) -> Unit:
         """A flagged piece of ``unit`` as a unit of its own, with its unit's other text as context."""

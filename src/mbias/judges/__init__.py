@@ -6,8 +6,11 @@ encoder heads and an LLM-as-judge are interchangeable there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
+
+# One margin for every head, or one per head (a head not named keeps 1.0: its threshold).
+Margin = float | Mapping[str, float]
 
 
 @runtime_checkable
@@ -25,10 +28,16 @@ class Judge(Protocol):
         None where the judge cannot tell. Asked only about texts already judged unsafe."""
         ...
 
-    def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
-        """True when any score is at or above ``margin`` times the judge's calibrated threshold
-        (a margin below 1 makes a screen that lets fewer unsafe texts through unread)."""
+    def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
+        """True when any score is at or above its head's margin (``head_margin``) times the
+        judge's calibrated threshold (a margin below 1 makes a screen that lets fewer unsafe texts
+        through unread; per head, a screen that reads one head more closely than another)."""
         ...
+
+
+def head_margin(margin: Margin, head: str) -> float:
+    """The margin ``is_unsafe`` applies to ``head``."""
+    return margin.get(head, 1.0) if isinstance(margin, Mapping) else margin
 
 
 def score_worst_piece(

@@ -14,7 +14,7 @@ import math
 from collections import OrderedDict
 from typing import Any
 
-from mbias.judges import Judge
+from mbias.judges import Judge, Margin
 
 MEMO_SIZE = 10_000  # second-stage answers kept, so a text asked twice costs one round of LLM calls
 
@@ -90,5 +90,5 @@ class CascadeJudge:
     def categorise(self, texts: list[str]) -> list[str | None]:
         return self.first.categorise(texts)
 
-    def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
+    def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
         return self.first.is_unsafe(scores, margin)

@@ -15,6 +15,7 @@ import numpy as np
 
 from mbias import config
 from mbias.errors import MbiasError
+from mbias.judges import Margin, head_margin
 from mbias.judges.encoder import encode
 from mbias.judges.heads import HeadSet
 
@@ -82,6 +83,9 @@ class EmbeddedJudge:
         """0/1 per head at its calibrated threshold."""
         return {name: int(scores[name] >= threshold) for name, threshold in self.thresholds.items()}
 
-    def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
-        """True when any head's score is at or above ``margin`` times that head's threshold."""
-        return any(scores[name] >= margin * threshold for name, threshold in self.thresholds.items())
+    def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
+        """True when any head's score is at or above its margin times that head's threshold."""
+        return any(
+            scores[name] >= head_margin(margin, name) * threshold
+            for name, threshold in self.thresholds.items()
+        )

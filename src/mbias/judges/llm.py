@@ -23,6 +23,7 @@ from typing import Any
 from mbias import config
 from mbias.engines import Engine, load_engine
 from mbias.errors import MbiasError
+from mbias.judges import Margin, head_margin
 from mbias.prompts import judge_chat, judge_extract_prompt, judge_retry_prompt, judge_verdict_prompt
 
 
@@ -279,7 +280,7 @@ class LLMJudge:
             self._categoriser = EmbeddedJudge()
         return self._categoriser.categorise(texts)
 
-    def is_unsafe(self, scores: dict[str, float], margin: float = 1.0) -> bool:
-        """Unsafe at or above ``margin`` x the threshold, and when a score is missing: unknown is
-        not safe."""
-        return any(math.isnan(v) or v >= margin * self.threshold for v in scores.values())
+    def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
+        """Unsafe at or above the head's margin x the threshold, and when a score is missing:
+        unknown is not safe."""
+        return any(math.isnan(v) or v >= head_margin(margin, k) * self.threshold for k, v in scores.items())
