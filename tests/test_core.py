@@ -66,8 +66,10 @@ def test_refusals_detected():
             True,
         ),
         # repeats the source already makes, and ordinary rewrites
-        ("Please, please check the the form.", "Please, please check the the form!", False),
-        ("They had had enough of the long wait.", "They had had enough of the wait.", False),
+        ("It moves each year each year.", "It moves each year each year!", False),
+        ("It moves each year each year.", "", True),
+        ("Shops open late; shops open late on Fridays too.", "Shops open late; shops open late.", False),
+        ("Shops open late; shops open late on Fridays too.", "", True),
         ("Some people study hard and some people rest.", "Lazy people never study.", False),
         ("", "anything", False),
     ],
@@ -91,6 +93,10 @@ def test_a_looping_rewrite_is_never_spliced_in():
         "lazy people rent flats",
         REASON_SUSPECT_KEPT,
     )
+    # without a judge nothing is verified: `mbias mine` sees the loop and trains away from it
+    engine = ScriptedEngine(["people rent flats rent flats"])
+    [record] = Debiaser(engine, judge="none", prompt_style="mbias").debias(["scum rent flats"])
+    assert record["rewrite"] == "people rent flats rent flats"
 
 
 def test_splits_are_stable_and_normalised():

@@ -370,12 +370,14 @@ def test_dpo_needs_rejected_texts_and_known_methods(tiny_model_dir, pairs_file):
 def test_mining_keeps_only_failures_no_judge_is_needed_for(tmp_path):
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.records import RecordWriter, read_records
-    from mbias.train.mine import CHANGED, COPIED, failure, mine, pair_records
+    from mbias.train.mine import CHANGED, COPIED, LOOPED, failure, mine, pair_records
 
     assert failure("Old men are slow.", "Some are slow.", "old men are  slow.") == COPIED
     assert failure("Old men are slow.", "Some are slow.", "Some people are slow.") is None
     assert failure("He is 19.", "He is 19.", "He is nineteen.") == CHANGED
     assert failure("He is 19.", "He is 19.", "He is 19.") is None
+    assert failure("Old men are slow.", "Some are slow.", "Some are slow, some are slow.") == LOOPED
+    assert failure("He is 19.", "He is 19.", "He is 19 years old, 19 years old.") == LOOPED
 
     class Echo:  # hands every text back unchanged, except texts about kids, which it shortens
         name, tokenizer, context_window = "echo", None, 1000

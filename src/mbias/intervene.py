@@ -357,10 +357,14 @@ class Debiaser:
     def _choose(self, units: list[Unit], candidates: list[list[str]]) -> None:
         """Verify every unit's candidates in one judge call and keep each unit's best: safe first,
         then meaning kept, then the most similar."""
-        usable = [[c for c in dict.fromkeys(cs) if _usable(c, u.text)] for u, cs in zip(units, candidates)]
+        usable = [[c for c in dict.fromkeys(cs) if c.strip() and not is_refusal(c)] for cs in candidates]
+        if self.judge is not None:  # verifying: a decoding loop is not a rewrite either
+            usable = [[c for c in ok if not repeats_itself(c, u.text)] for u, ok in zip(units, usable)]
         for unit, tried, ok in zip(units, candidates, usable):
             unit.candidates, unit.rewrite, unit.reason = tried, None, None
             if not ok and self.judge is not None and self._bar(unit) < 1.0:
+                # a suspect with nothing usable is as clean as one whose rewrites the screen
+                # refused: kept, and not retried (only failures of flagged units are)
                 unit.action, unit.reason = "kept", REASON_SUSPECT_KEPT
             elif not ok:
                 unit.action, unit.reason = "flagged", REASON_NO_REWRITE
@@ -539,11 +543,6 @@ def _spliced_candidates(text: str, units: list[Unit]) -> list[str]:
         )
         for i in range(count)
     ]
-
-
-def _usable(candidate: str, text: str) -> bool:
-    """Empty outputs, refusals and decoding loops are not rewrites of ``text``."""
-    return bool(candidate.strip()) and not is_refusal(candidate) and not repeats_itself(candidate, text)
 
 
 def _action(text: str, rewrite: str) -> str:

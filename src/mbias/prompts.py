@@ -161,7 +161,10 @@ def repeats_itself(text: str, source: str = "") -> bool:
     often than in the source. Small rewriters loop on long sentences and the similarity check
     passes the result (a loop repeats the source's own words). Over 1,016 people-written rewrites
     of the blind reads this fires on none; over the model rewrites, on 0.5-1 %, nearly all garbled
-    (docs/lab/results-log.md)."""
+    (docs/lab/results-log.md). It also rejects the rare fair rewrite built of parallel clauses that
+    share four words ("anyone can be good at X and anyone can be good at Y"); requiring three
+    copies or six words would let half of the garbled ones through. Loops of punctuation or of a
+    script written without spaces are not words to it, and pass."""
     words = [w.lower() for w in _WORD.findall(text)]
     source_words = [w.lower() for w in _WORD.findall(source)]
     said = f" {' '.join(source_words)} "

@@ -1,13 +1,13 @@
 """Preference pairs from a rewriter's own failures on reviewed pairs, for ``mbias train --method dpo``.
 
 Only failures that need no safety judge count, so the judges never decide what the model is
-trained away from: a rewrite pair whose text the model hands back unchanged ("copied a text that
-needs a rewrite"), a keep pair (target = text) that the model changes ("changed a text that
-needed none"), and, when a sentence encoder is given, a rewrite that keeps clearly less of the
-text than the reviewed rewrite does ("dropped meaning the reviewed rewrite keeps"). The reviewed
-target sets that floor per pair, so a text whose safe version must change a lot is not held to a
-fixed similarity. The pairs come through the training loader, so held-out and mbias-test texts
-never enter.
+trained away from: a decoding loop (``prompts.repeats_itself``), a rewrite pair whose text the
+model hands back unchanged ("copied a text that needs a rewrite"), a keep pair (target = text)
+that the model changes ("changed a text that needed none"), and, when a sentence encoder is given,
+a rewrite that keeps clearly less of the text than the reviewed rewrite does ("dropped meaning the
+reviewed rewrite keeps"). The reviewed target sets that floor per pair, so a text whose safe
+version must change a lot is not held to a fixed similarity. The pairs come through the training
+loader, so held-out and mbias-test texts never enter.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mbias.intervene import REASON_NO_REWRITE, Debiaser
+from mbias.prompts import repeats_itself
 from mbias.records import Record, RecordWriter
 from mbias.splits import normalise
 from mbias.train.data import REJECTED, Pair
@@ -25,6 +26,7 @@ from mbias.train.data import REJECTED, Pair
 COPIED = "copied a text that needs a rewrite"
 CHANGED = "changed a text that needed none"
 LOST = "dropped meaning the reviewed rewrite keeps"
+LOOPED = "repeats itself (a decoding loop)"
 READ_UNSAFE = "a reader found it still biased or toxic"
 READ_LOST = "a reader found it dropped meaning"
 
@@ -42,6 +44,8 @@ def failure(
 
     ``similarities`` = (output's, target's) similarity to the source; the output has lost
     meaning when it falls more than ``meaning_margin`` below the target's."""
+    if repeats_itself(output, source):
+        return LOOPED
     source, target, output = normalise(source), normalise(target), normalise(output)
     if source != target and output == source:
         return COPIED
