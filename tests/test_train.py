@@ -484,13 +484,14 @@ def test_reader_labels_turn_passed_rewrites_into_rejected_texts(tmp_path):
 
 
 def test_select_keeps_only_the_failure_kinds_asked_for(tmp_path):
-    from mbias.train.mine import CHANGED, COPIED, READ_UNSAFE
+    from mbias.train.mine import CHANGED, COPIED, LOOPED, READ_UNSAFE
 
     rows = [
         {"id": "1", "biased_text": "a", "failure": COPIED, "extra": 1},
         {"id": "2", "biased_text": "b", "failure": READ_UNSAFE},
         {"id": "3", "biased_text": "c", "failure": CHANGED},
         {"id": "4", "biased_text": "d", "failure": ""},
+        {"id": "5", "biased_text": "e", "failure": LOOPED},
     ]
     source = _write_jsonl(tmp_path / "mined.jsonl", rows)
 
@@ -502,6 +503,8 @@ def test_select_keeps_only_the_failure_kinds_asked_for(tmp_path):
     assert select("copied", "changed").returncode == 0
     kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert kept == [rows[0], rows[2]]  # whole rows, unchanged, in order
+    assert select("looped").returncode == 0
+    assert (tmp_path / "out.jsonl").read_text().count("\n") == 1
     bad = select("copies")
     assert bad.returncode != 0 and "unknown kind copies" in bad.stderr
 

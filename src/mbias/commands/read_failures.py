@@ -23,13 +23,14 @@ from typing import Annotated
 import typer
 
 from mbias.records import read_records, write_records
-from mbias.train.mine import CHANGED, COPIED, LOST, READ_LOST, READ_UNSAFE, read_failures, readable
+from mbias.train.mine import CHANGED, COPIED, LOOPED, LOST, READ_LOST, READ_UNSAFE, read_failures, readable
 
 FOCUS = "toxigen_"  # data files read in full; the others are sampled
 KINDS = {
     "copied": COPIED,
     "changed": CHANGED,
     "lost": LOST,
+    "looped": LOOPED,
     "read-unsafe": READ_UNSAFE,
     "read-lost": READ_LOST,
 }
