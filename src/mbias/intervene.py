@@ -277,12 +277,11 @@ class Debiaser:
         for unit, (sp, n) in zip(todo, spans):
             own = [next(scores) for _ in sp]
             unit.before = {k: round(max(s[k] for s in own), 4) for k in own[0]}
-            margin = self.settings.screen_margin
-            if not self.settings.screen or self._caught(unit.before, margin):
+            if not self.settings.screen or self._caught(unit.before):
                 flagged = [
                     self._piece(unit, a, b, score)
                     for (a, b), score in zip(sp[1 : 1 + n], own[1 : 1 + n])
-                    if self._caught(score, margin)
+                    if self._caught(score)
                 ]
                 # When the whole is over the threshold, a piece must be too: harm that only the
                 # pieces together carry ("... women at the wheel: They cannot park.") stays one unit.
@@ -295,12 +294,11 @@ class Debiaser:
                 unit.reason = REASON_CLEAN
         return remaining
 
-    def _caught(self, scores: dict[str, float], margin: float) -> bool:
+    def _caught(self, scores: dict[str, float]) -> bool:
         """Whether the screen stops these scores: any head at its threshold, or one of
-        ``screen_margin_heads`` at ``margin`` times its threshold."""
-        return self.judge.is_unsafe(
-            scores, margin={head: margin for head in self.settings.screen_margin_heads}
-        )
+        ``screen_margin_heads`` at ``screen_margin`` times its threshold."""
+        band = dict.fromkeys(self.settings.screen_margin_heads, self.settings.screen_margin)
+        return self.judge.is_unsafe(scores, margin=band)
 
     def _piece(self, unit: Unit, start: int, end: int, score: dict[str, float]) -> Unit:
         """A flagged piece of ``unit`` as a unit of its own, with its unit's other text as context."""
