@@ -82,17 +82,9 @@ def test_a_looping_rewrite_is_never_spliced_in():
     """A loop is not a rewrite: a flagged text keeps its words and is flagged; a suspect keeps its
     text as clean."""
     record, _ = two_head_debias("scum rent flats", "people rent flats rent flats")
-    assert (record["action"], record["rewrite"], record["reason"]) == (
-        "flagged",
-        "scum rent flats",
-        REASON_NO_REWRITE,
-    )
+    assert outcome(record) == ("flagged", "scum rent flats", REASON_NO_REWRITE)
     record, _ = two_head_debias("lazy people rent flats", "people rent flats rent flats")
-    assert (record["action"], record["rewrite"], record["reason"]) == (
-        "kept",
-        "lazy people rent flats",
-        REASON_SUSPECT_KEPT,
-    )
+    assert outcome(record) == ("kept", "lazy people rent flats", REASON_SUSPECT_KEPT)
     # without a judge nothing is verified: `mbias mine` sees the loop and trains away from it
     engine = ScriptedEngine(["people rent flats rent flats"])
     [record] = Debiaser(engine, judge="none", prompt_style="mbias").debias(["scum rent flats"])
@@ -221,6 +213,11 @@ class TwoHeadJudge(FixedJudge):
         return any(v >= 0.5 * head_margin(margin, k) for k, v in scores.items())
 
 
+def outcome(record):
+    """What the Debiaser did with a record and why."""
+    return record["action"], record["rewrite"], record["reason"]
+
+
 def two_head_debias(text, output, **settings):
     engine = ScriptedEngine([output])
     settings = DebiasSettings(**{"screen_margin": 0.5, "retries": 0, **settings})
@@ -251,11 +248,7 @@ def test_a_suspects_rewrite_must_clear_the_margin_on_every_head():
     """A bias suspect's rewrite that only trades the bias for a toxic word under its threshold is
     not safer: the suspect keeps its text."""
     record, _ = two_head_debias("lazy people rent flats", "people rent flats, jerk")
-    assert (record["action"], record["rewrite"], record["reason"]) == (
-        "kept",
-        "lazy people rent flats",
-        REASON_SUSPECT_KEPT,
-    )
+    assert outcome(record) == ("kept", "lazy people rent flats", REASON_SUSPECT_KEPT)
     record, _ = two_head_debias("lazy people rent flats", "people rent flats")
     assert (record["action"], record["rewrite"]) == ("rewritten", "people rent flats")
 
