@@ -166,3 +166,43 @@ def test_long_answer_with_the_embedded_model_and_judge():
     explained = run_cli("debias", "--explain", ANSWER, env={"MBIAS_JUDGE": "embedded"})
     assert explained.returncode == 0, explained.stderr
     assert b"insult" in explained.stdout and b"Plan the sprint on Monday." in explained.stdout
+
+
+@pytest.mark.integration
+def test_screen_margin_decides_whether_a_suspect_reaches_the_model(engine):
+    """A sentence under the bias threshold but over 0.35 of it goes to the model by default and
+    passes untouched at --screen-margin 1.0 (only flagged sentences)."""
+    from mbias.judges.embedded import EmbeddedJudge
+
+    judge = EmbeddedJudge()
+    candidates = [
+        "Young people today don't know the meaning of hard work.",
+        "A man should always have the final say in the house.",
+        "My son wants a doll for his birthday, I'm worried he's turning soft.",
+    ]
+    thresholds = judge.thresholds
+    suspects = [
+        text
+        for text, score in zip(candidates, judge.score(candidates))
+        if score["toxicity"] < thresholds["toxicity"]
+        and 0.35 * thresholds["bias"] <= score["bias"] < thresholds["bias"]
+    ]
+    assert suspects, "none of the sentences is a suspect for this judge: pick new ones"
+    reasons = {}
+    for margin in ("0.35", "1.0"):
+        result = run_cli(
+            "debias",
+            *engine,
+            "--format",
+            "json",
+            "--screen-margin",
+            margin,
+            suspects[0],
+            env={"MBIAS_JUDGE": "embedded"},
+        )
+        assert result.returncode == 0, result.stderr
+        reasons[margin] = json.loads(result.stdout).get("reason")
+    assert reasons["1.0"] == "input judged clean"
+    assert reasons["0.35"] != "input judged clean"
+    bad = run_cli("debias", *engine, "--screen-margin", "0", "text", env={"MBIAS_JUDGE": "embedded"})
+    assert bad.returncode != 0 and b"screen_margin must be in (0, 1]" in bad.stderr

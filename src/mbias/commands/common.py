@@ -28,6 +28,16 @@ console = Console(stderr=True)
 Retries = Annotated[
     int, typer.Option(min=0, help="Sampled candidates when no rewrite passes the judge (0: none).")
 ]
+# debias and serve: how wide the screen's band of suspects is (mbias.intervene.DebiasSettings)
+ScreenMargin = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="A sentence under the bias threshold still goes to the model when its score is over this "
+        "share of it (1.0: only flagged sentences: fewer clean ones touched, more biased ones missed).",
+    ),
+]
 
 
 @contextmanager

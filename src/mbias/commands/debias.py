@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import Retries, console, default_output, gather_inputs, progress_bar, rate_text
+from mbias.commands.common import (
+    Retries,
+    ScreenMargin,
+    console,
+    default_output,
+    gather_inputs,
+    progress_bar,
+    rate_text,
+)
 from mbias.commands.explain import explain_record
 from mbias.errors import MbiasError
 from mbias.intervene import GRANULARITIES, Debiaser, DebiasSettings
@@ -51,6 +59,7 @@ def debias(
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     retries: Retries = DebiasSettings.retries,
     screen: Annotated[bool, typer.Option(help="Skip generation for texts the judge finds clean.")] = True,
+    screen_margin: ScreenMargin = DebiasSettings.screen_margin,
     granularity: Annotated[
         str, typer.Option(help="auto (per sentence), sentence, or text (the whole text as one unit).")
     ] = "auto",
@@ -89,6 +98,7 @@ def debias(
         temperature=temperature,
         retries=retries,
         screen=screen,
+        screen_margin=screen_margin,
         granularity=granularity,
     )
     engine_spec, judge_spec = engine or config.default_engine_spec(), config.default_judge(judge)
