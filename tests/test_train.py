@@ -615,3 +615,55 @@ def test_the_1_5b_preset_trains_a_qwen2_adapter_on_the_short_prompt(tmp_path):
     assert render("x", entry.prompt_style).startswith(SHORT_INSTRUCTION)
     engine = load_engine(entry.spec)
     assert len(engine.generate([render("Old people are slow.", "short")], max_new_tokens=4)) == 1
+
+
+def test_sheets_read_the_named_files_in_full_and_sample_the_others(tmp_path):
+    def row(i, source, failure=""):
+        text = f"{source} text {i}"
+        return {
+            "id": f"{source}{i}",
+            "biased_text": text,
+            "debiased_text": f"fair {text}",
+            "model_output": f"rewrite {i} of {source}",
+            "failure": failure,
+            "data_source": source,
+        }
+
+    rows = [row(i, "paradetox_train.tsv") for i in range(6)]
+    rows += [row(i, "data/bias/toxigen_style.jsonl") for i in range(5)]
+    rows += [row(i, "data/bias/gender.jsonl") for i in range(5)]
+    rows += [row(9, "paradetox_train.tsv", failure="copied a text that needs a rewrite")]  # mine's own
+    mined = _write_jsonl(tmp_path / "mined.jsonl", rows)
+
+    def read(*flags: str) -> list[dict]:
+        out = tmp_path / "sheets"
+        result = _cli("read-failures", "sheets", str(mined), "--out-dir", str(out), "--sheets", "2", *flags)
+        assert result.returncode == 0, result.stderr
+        sheets = sorted(out.glob("sheet-*.jsonl"))
+        assert len(sheets) == 2
+        labelled = [json.loads(line) for s in sheets for line in s.read_text().splitlines()]
+        assert all(r["unsafe"] is None and r["meaning_kept"] is None for r in labelled)
+        for sheet in sheets:
+            sheet.unlink()
+        return labelled
+
+    def count(sheet: list[dict], source: str) -> int:
+        return sum(r["text"].startswith(source) for r in sheet)
+
+    default = read("--per-file", "2")  # ToxiGen-style read in full, every other file sampled
+    assert (
+        count(default, "data/bias/toxigen"),
+        count(default, "paradetox"),
+        count(default, "data/bias/g"),
+    ) == (
+        5,
+        2,
+        2,
+    )
+    whole = read("--per-file", "1", "--whole", "paradetox")
+    assert (count(whole, "paradetox"), count(whole, "data/bias/toxigen"), count(whole, "data/bias/g")) == (
+        6,
+        1,
+        1,
+    )
+    assert not any("text 9" in r["text"] for r in default + whole)  # a mined failure is not read

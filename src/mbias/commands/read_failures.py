@@ -6,7 +6,7 @@ only a reader sees: the stereotype kept in softer words ("some X are ..."). This
 rewrites that passed those checks to readers, blind, and turns the ones they mark still unsafe or
 meaning-losing into rejected texts beside the reviewed target.
 
-    mbias read-failures sheets MINED.jsonl --out-dir DIR --sheets 4 [--per-file 30]
+    mbias read-failures sheets MINED.jsonl --out-dir DIR --sheets 4 [--per-file 30] [--whole paradetox]
     # readers fill in "unsafe" and "meaning_kept" (0/1) on DIR/sheet-*.jsonl, then
     mbias read-failures pairs MINED.jsonl DIR/sheet-*.jsonl --out prefs.jsonl
     # a round that trains on some kinds of failure only, e.g. the reader-found unsafe rewrites
@@ -25,7 +25,7 @@ import typer
 from mbias.records import read_records, write_records
 from mbias.train.mine import CHANGED, COPIED, LOOPED, LOST, READ_LOST, READ_UNSAFE, read_failures, readable
 
-FOCUS = "toxigen_"  # data files read in full; the others are sampled
+WHOLE = ("toxigen_",)  # by default the ToxiGen-style files are read in full; the others are sampled
 KINDS = {
     "copied": COPIED,
     "changed": CHANGED,
@@ -45,16 +45,23 @@ def sheets(
     mined: Path,
     out_dir: Annotated[Path, typer.Option()],
     sheets: Annotated[int, typer.Option(min=1)] = 4,
-    per_file: Annotated[int, typer.Option(min=0, help="rewrites sampled from each non-ToxiGen file")] = 30,
+    per_file: Annotated[int, typer.Option(min=0, help="rewrites sampled from each other file")] = 30,
+    whole: Annotated[
+        list[str] | None,
+        typer.Option(help="files whose name holds this are read in full (repeatable; default: toxigen_)"),
+    ] = None,
     seed: int = 11,
 ) -> None:
     """Blind sheets (text, candidate, empty labels) of the rewrites only a reader can judge."""
-    rows = [r for r in read_records(mined, "biased_text") if r.get("data_source", "").endswith(".jsonl")]
-    rows = [r for r in rows if readable(r)]
+    rows = [r for r in read_records(mined, "biased_text") if readable(r)]
     rng = random.Random(seed)
-    picks = [r for r in rows if FOCUS in r["data_source"]]
-    for source in sorted({r["data_source"] for r in rows if FOCUS not in r["data_source"]}):
-        pool = [r for r in rows if r["data_source"] == source]
+    in_full = tuple(whole or WHOLE)
+    read_whole = {
+        r.get("data_source", "") for r in rows if any(w in r.get("data_source", "") for w in in_full)
+    }
+    picks = [r for r in rows if r.get("data_source", "") in read_whole]
+    for source in sorted({r.get("data_source", "") for r in rows} - read_whole):
+        pool = [r for r in rows if r.get("data_source", "") == source]
         picks += rng.sample(pool, min(per_file, len(pool)))
     rng.shuffle(picks)
     out_dir.mkdir(parents=True, exist_ok=True)
