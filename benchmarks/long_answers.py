@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from mbias.eval.answers import Answer, biased_sentence, build, load_answers, render
+from mbias.intervene import DebiasSettings
 
 
 # -- segmenters ---------------------------------------------------------------------------------
@@ -176,14 +177,15 @@ def compare_modes(debiaser, answers: list[Answer], n: int, seed: int) -> dict:
     return figures
 
 
-def warm_debiaser(engine, judge_spec: str, granularity: str):
+def warm_debiaser(engine, judge_spec: str, screen_margin: float, granularity: str):
     """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty)."""
-    from mbias.intervene import Debiaser, DebiasSettings
+    from mbias.intervene import Debiaser
     from mbias.judges import load_judge
 
     judge = load_judge(judge_spec)
     judge.score(["warm-up"])
-    return Debiaser(engine, judge=judge, settings=DebiasSettings(granularity=granularity))
+    settings = DebiasSettings(granularity=granularity, screen_margin=screen_margin)
+    return Debiaser(engine, judge=judge, settings=settings)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> None:
         answers = answers[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sentence = warm_debiaser(args.engine, args.judge, "sentence")
+    sentence = warm_debiaser(args.engine, args.judge, args.screen_margin, "sentence")
     judge = sentence.judge
     print(
         f"{len(answers)} answers ({sum(not a.biased for a in answers)} clean), engine {sentence.engine.name}"
@@ -206,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
     figures["seconds per answer, all"] = seconds / len(answers)
 
     if args.baseline:
-        fresh = functools.partial(warm_debiaser, sentence.engine, args.judge)
+        fresh = functools.partial(warm_debiaser, sentence.engine, args.judge, args.screen_margin)
         figures.update(compare_modes(fresh, answers, args.baseline, args.seed))
     for key, value in figures.items():
         print(f"{key:>58}: {value:.1f}" if isinstance(value, float) else f"{key:>58}: {value}")
@@ -262,7 +264,10 @@ def sheet(args: argparse.Namespace) -> None:
                 json.loads, (Path(folder) / "sentence.jsonl").read_text(encoding="utf-8").splitlines()
             )
         }
-        systems[name] = [by_id[a.id] for a in answers]
+        records = [by_id.get(a.id) for a in answers]
+        if any(r is None or r.get("text") != a.markdown for r, a in zip(records, answers)):
+            raise SystemExit(f"{folder}: not the answers --seed {args.seed} builds; pass the run's --seed")
+        systems[name] = records
     write_sheet(answers, systems, args.n, args.seed, Path(args.out), args.labels)
 
 
@@ -274,6 +279,12 @@ def main() -> None:
     go = commands.add_parser("run", help="the benchmark figures")
     go.add_argument("--engine", default="mbias-270m")
     go.add_argument("--judge", default="embedded", help="embedded, embedded:PATH (trained heads), ...")
+    go.add_argument(
+        "--screen-margin",
+        type=float,
+        default=DebiasSettings.screen_margin,
+        help="share of the bias threshold that sends a sentence to the model (1.0: only flagged ones)",
+    )
     go.add_argument("--seed", type=int, default=0)
     go.add_argument("--limit", type=int, default=0, help="only the first N answers (0: all)")
     go.add_argument("--baseline", type=int, default=20, help="clean and biased answers timed in both modes")
