@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from mbias.eval.answers import Answer, biased_sentence, build, load_answers, render
-from mbias.intervene import DebiasSettings
+from mbias.intervene import Debiaser, DebiasSettings
 
 
 # -- segmenters ---------------------------------------------------------------------------------
@@ -179,7 +179,6 @@ def compare_modes(debiaser, answers: list[Answer], n: int, seed: int) -> dict:
 
 def warm_debiaser(engine, judge_spec: str, screen_margin: float, granularity: str):
     """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty)."""
-    from mbias.intervene import Debiaser
     from mbias.judges import load_judge
 
     judge = load_judge(judge_spec)
