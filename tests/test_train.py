@@ -487,16 +487,16 @@ def test_select_keeps_only_the_failure_kinds_asked_for(tmp_path):
     from mbias.train.mine import CHANGED, COPIED, LOOPED, READ_UNSAFE
 
     rows = [
-        {"id": "1", "biased_text": "a", "failure": COPIED, "extra": 1},
+        {"id": "1", "biased_text": "a", "failure": COPIED, "extra": 1, "data_source": "pd/paradetox.tsv"},
         {"id": "2", "biased_text": "b", "failure": READ_UNSAFE},
-        {"id": "3", "biased_text": "c", "failure": CHANGED},
+        {"id": "3", "biased_text": "c", "failure": CHANGED, "data_source": "bias/gender.jsonl"},
         {"id": "4", "biased_text": "d", "failure": ""},
         {"id": "5", "biased_text": "e", "failure": LOOPED},
     ]
     source = _write_jsonl(tmp_path / "mined.jsonl", rows)
 
-    def select(*kinds: str) -> subprocess.CompletedProcess:
-        flags = [x for k in kinds for x in ("--kind", k)]
+    def select(*kinds: str, sources: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        flags = [x for k in kinds for x in ("--kind", k)] + [x for s in sources for x in ("--source", s)]
         out = ["--out", str(tmp_path / "out.jsonl")]
         return _cli("read-failures", "select", str(source), *flags, *out)
 
@@ -505,6 +505,8 @@ def test_select_keeps_only_the_failure_kinds_asked_for(tmp_path):
     assert kept == [rows[0], rows[2]]  # whole rows, unchanged, in order
     assert select("looped").returncode == 0
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 1
+    assert select("copied", "changed", "read-unsafe", sources=("paradetox",)).returncode == 0
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["1"]
     bad = select("copies")
     assert bad.returncode != 0 and "unknown kind copies" in bad.stderr
 

@@ -97,13 +97,20 @@ def select(
     pairs: Path,
     kind: Annotated[list[str], typer.Option(help=f"failure kinds to keep: {', '.join(KINDS)}")],
     out: Annotated[Path, typer.Option()],
+    source: Annotated[
+        list[str] | None,
+        typer.Option(help="keep only rows whose data_source holds one of these (e.g. paradetox)"),
+    ] = None,
 ) -> None:
-    """Only the rows whose failure is one of --kind: a preference round that leaves the others out."""
+    """Only the rows whose failure is one of --kind (and, with --source, whose data file is one of
+    those named): a preference round aimed at one failure class that leaves the others out."""
     unknown = sorted(set(kind) - set(KINDS))
     if unknown:
         raise typer.BadParameter(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     wanted = {KINDS[k] for k in kind}
     rows = [r for r in map(json.loads, pairs.read_text().splitlines()) if r.get("failure") in wanted]
+    if source:
+        rows = [r for r in rows if any(name in (r.get("data_source") or "") for name in source)]
     write_records(out, rows)
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
