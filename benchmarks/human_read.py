@@ -13,6 +13,7 @@ still biased or toxic by docs/ANNOTATION.md, 0: fair); ``tally`` then un-blinds 
 ``--product NAME=ADAPTER`` adds what ``mbias debias --retries R`` returns (judge screen and
 verification, ``--retries`` samples when the rewrite fails) next to the greedy rewrites of
 ``--system``: the read that says whether the judge's choices fix texts or only slip them under it.
+``--product NAME=ADAPTER@ENGINE`` is that product with ``--escalate ENGINE``.
 
 Candidates already labelled in earlier sheets (``--labels``) come pre-filled, so a new system only
 adds its own new texts to read. The key (which system wrote each row) is in ``<out>.key.json``.
@@ -52,12 +53,14 @@ def rewrites(adapter: str, texts: list[str]) -> list[str]:
 
 
 def product_rewrites(adapter: str, texts: list[str], retries: int) -> list[str]:
-    """What ``mbias debias --retries R`` returns: screened and verified by the judge."""
+    """What ``mbias debias --retries R [--escalate ENGINE]`` returns: screened and verified by the
+    judge; ``ADAPTER@ENGINE`` escalates the flagged ones to ENGINE."""
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.judges import load_judge
 
+    adapter, _, escalate = adapter.partition("@")
     engine, style = _engine(adapter)
-    settings = DebiasSettings(retries=retries)
+    settings = DebiasSettings(retries=retries, escalate=escalate or None)
     debiaser = Debiaser(engine, judge=load_judge("embedded"), prompt_style=style, settings=settings)
     return [r["rewrite"] for r in debiaser.debias(texts)]
 
@@ -155,7 +158,12 @@ def main() -> None:
     make.add_argument("--n", type=int, default=50, help="held-out inputs to sample from the pool")
     make.add_argument("--seed", type=int, default=1)
     make.add_argument("--system", action="append", default=[], help="NAME=ADAPTER_DIR (repeatable)")
-    make.add_argument("--product", action="append", default=[], help="NAME=ADAPTER_DIR, as debias runs it")
+    make.add_argument(
+        "--product",
+        action="append",
+        default=[],
+        help="NAME=ADAPTER_DIR, as debias runs it; NAME=ADAPTER_DIR@ENGINE with --escalate ENGINE",
+    )
     make.add_argument("--retries", type=int, default=0, help="the --product systems' retries")
     make.add_argument("--labels", action="append", default=[], help="earlier labelled sheets to reuse")
     make.add_argument("--out", required=True)

@@ -177,14 +177,14 @@ def compare_modes(debiaser, answers: list[Answer], n: int, seed: int) -> dict:
     return figures
 
 
-def warm_debiaser(engine, judge_spec: str, screen_margin: float, granularity: str):
-    """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty)."""
+def warm_debiaser(engine, judge_spec: str, knobs: dict, granularity: str):
+    """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty); ``knobs`` are
+    the run's DebiasSettings (screen margin, escalation engine)."""
     from mbias.judges import load_judge
 
     judge = load_judge(judge_spec)
     judge.score(["warm-up"])
-    settings = DebiasSettings(granularity=granularity, screen_margin=screen_margin)
-    return Debiaser(engine, judge=judge, settings=settings)
+    return Debiaser(engine, judge=judge, settings=DebiasSettings(granularity=granularity, **knobs))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -193,7 +193,8 @@ def run(args: argparse.Namespace) -> None:
         answers = answers[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sentence = warm_debiaser(args.engine, args.judge, args.screen_margin, "sentence")
+    knobs = {"screen_margin": args.screen_margin, "escalate": args.escalate}
+    sentence = warm_debiaser(args.engine, args.judge, knobs, "sentence")
     judge = sentence.judge
     print(
         f"{len(answers)} answers ({sum(not a.biased for a in answers)} clean), engine {sentence.engine.name}"
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> None:
     figures["seconds per answer, all"] = seconds / len(answers)
 
     if args.baseline:
-        fresh = functools.partial(warm_debiaser, sentence.engine, args.judge, args.screen_margin)
+        fresh = functools.partial(warm_debiaser, sentence.engine, args.judge, knobs)
         figures.update(compare_modes(fresh, answers, args.baseline, args.seed))
     for key, value in figures.items():
         print(f"{key:>58}: {value:.1f}" if isinstance(value, float) else f"{key:>58}: {value}")
@@ -284,6 +285,7 @@ def main() -> None:
         default=DebiasSettings.screen_margin,
         help="share of the bias threshold that sends a sentence to the model (1.0: only flagged ones)",
     )
+    go.add_argument("--escalate", help="a second engine for the sentences the first leaves flagged")
     go.add_argument("--seed", type=int, default=0)
     go.add_argument("--limit", type=int, default=0, help="only the first N answers (0: all)")
     go.add_argument("--baseline", type=int, default=20, help="clean and biased answers timed in both modes")

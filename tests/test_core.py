@@ -342,6 +342,43 @@ def test_debiaser_retries_only_failed_texts_with_sampling():
     assert off.temperatures == [0.0] and flagged["action"] == "flagged" and "retried" not in flagged
 
 
+def test_escalation_engine_rewrites_only_what_the_first_left_flagged(monkeypatch):
+    """A unit the engine fails on goes to the escalation engine (loaded on first need, with its own
+    prompt style) and the judge chooses among both engines' candidates; a run where nothing fails
+    never loads it, and a worse second answer changes nothing."""
+    import mbias.intervene as intervene
+
+    loaded = []
+
+    def load(spec, **options):
+        loaded.append(spec)
+        return second
+
+    monkeypatch.setattr(intervene, "load_engine", load)
+    second = ScriptedEngine(["please fix the printer"])
+    settings = DebiasSettings(escalate="hf:larger-model")
+    debiaser = Debiaser(
+        TwoStageEngine(["unused"]), judge=FixedJudge(), prompt_style="mbias", settings=settings
+    )
+    assert debiaser.debias(["fix the printer now"])[0]["action"] == "kept" and loaded == []
+    fixed, clean = debiaser.debias(["you idiot fix the printer", "the printer is fixed"])
+    assert loaded == ["hf:larger-model"]
+    assert second.calls == [[render("you idiot fix the printer", "auto")]]  # the failed unit, its own prompt
+    assert (fixed["action"], fixed["rewrite"], fixed["escalated"]) == (
+        "rewritten",
+        "please fix the printer",
+        True,
+    )
+    assert fixed["spans"][0]["escalated"] is True and "escalated" not in clean
+
+    second.outputs = ["idiot, fix it"]  # the larger engine fails too: the least unsafe, most similar stays
+    [still] = debiaser.debias(["you idiot"])
+    assert (still["action"], still["rewrite"], still["escalated"]) == ("flagged", "you idiot", True)
+    assert loaded == ["hf:larger-model"]  # loaded once per Debiaser
+    with pytest.raises(MbiasError, match="escalate names no engine"):
+        Debiaser(ScriptedEngine(["x"]), judge=FixedJudge(), settings=DebiasSettings(escalate=" "))
+
+
 def test_debiaser_flags_empty_and_too_long_inputs():
     debiaser = Debiaser(
         ScriptedEngine(["ok"]), prompt_style="mbias", settings=DebiasSettings(max_input_tokens=20)

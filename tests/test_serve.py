@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from mbias.engines import load_engine
-from mbias.intervene import Debiaser
+from mbias.intervene import Debiaser, DebiasSettings
 from mbias.serve.app import create_app
 from tests.doubles import FixedJudge, ScriptedEngine
 
@@ -231,6 +231,27 @@ def test_operations_endpoints_and_metrics():
         assert "mbias_batch_size_count 1.0" in text and "mbias_request_seconds_bucket" in text
         assert "mbias_queue_depth" in text
     assert client.app.state.ready is False  # after shutdown
+
+
+def test_server_loads_the_escalation_engine_before_it_reports_ready(monkeypatch):
+    """With --escalate the second engine is loaded at start, so no request waits for it, and a text
+    the first engine leaves flagged comes back with the second engine's rewrite."""
+    import mbias.intervene as intervene
+
+    loaded = []
+    larger = ScriptedEngine(["please fix the printer"])
+    monkeypatch.setattr(intervene, "load_engine", lambda spec, **options: loaded.append(spec) or larger)
+    settings = DebiasSettings(escalate="hf:larger-model")
+    debiaser = Debiaser(
+        ScriptedEngine(["idiot"]), judge=FixedJudge(), prompt_style="mbias", settings=settings
+    )
+    app = create_app(debiaser)
+    assert loaded == []
+    with TestClient(app) as client:
+        assert loaded == ["hf:larger-model"] and client.get("/readyz").json() == {"ready": True}
+        [record] = client.post("/v1/debias", json={"text": "you idiot fix the printer"}).json()["results"]
+        assert (record["rewrite"], record["escalated"]) == ("please fix the printer", True)
+    assert loaded == ["hf:larger-model"]
 
 
 def test_full_queue_answers_503_with_retry_after():

@@ -67,6 +67,11 @@ class DebiasSettings:
     # candidates it likes, not safer ones) while a mixed batch job ran 2.4x slower (docs/lab/results-log.md).
     retries: int = 0
     retry_temperature: float = 0.8
+    # An engine (short name or spec, e.g. "mbias-1.5b") that rewrites again only the units the
+    # engine failed on (flagged: judged unsafe, meaning lost, no usable rewrite); the judge then
+    # chooses among both engines' candidates. Loaded on the first failure, so a run without one
+    # never pays for it. None: no second engine.
+    escalate: str | None = None
     # "sentence": screen and rewrite each sentence; "text": the whole text as one unit; "auto"
     # (default): per sentence, which for a one-sentence text is the same as the whole text.
     granularity: str = "auto"
@@ -102,6 +107,7 @@ class Unit:
     similarity: float | None = None
     candidates: list[str] = field(default_factory=list)
     retried: bool = False
+    escalated: bool = False
     pieces: list[Unit] = field(default_factory=list)  # its flagged pieces, when only they are rewritten
 
 
@@ -146,6 +152,10 @@ class Debiaser:
             raise MbiasError(f"screen_margin_heads {sorted(unknown)}: the judge's heads are {sorted(known)}")
         context = self.settings.context
         self.use_context = entry.context if context is None else context
+        self.engine_options = engine_options or {}
+        self._escalation: tuple[Engine, str, bool] | None = None
+        if self.settings.escalate is not None and not self.settings.escalate.strip():
+            raise MbiasError("escalate names no engine: give a short name or spec, or leave it out")
 
     # -- helpers -------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -336,21 +346,47 @@ class Debiaser:
         tried = [[clean_output(o, u.text) for o in outputs] for u, outputs in zip(todo, raw)]
         self._choose(todo, tried)
         failed = [i for i, u in enumerate(todo) if u.reason in RETRIED_REASONS]
-        if not failed or s.retries < 1:
+        if failed and s.retries > 0:
+            with stage("generate"):
+                raw = self.engine.generate(
+                    [prompts[i] for i in failed],
+                    max_new_tokens=budget,
+                    temperature=s.retry_temperature,
+                    n=s.retries,
+                )
+            for i in failed:
+                todo[i].retried = True
+            again = [tried[i] + [clean_output(o, todo[i].text) for o in outs] for i, outs in zip(failed, raw)]
+            self._choose([todo[i] for i in failed], again)
+        if s.escalate:
+            self._escalate([u for u in todo if u.reason in RETRIED_REASONS], budget)
+
+    def _escalate(self, units: list[Unit], budget: int) -> None:
+        """The units both tries left flagged, rewritten by the escalation engine with its own prompt;
+        the judge chooses again among every candidate of each, so a worse second answer changes
+        nothing."""
+        if not units:
             return
+        engine, style, context = self.escalation_engine()
+        tokenizer = getattr(engine, "tokenizer", None)
+        prompts = [render(u.text, style, tokenizer, context=u.context if context else None) for u in units]
+        s = self.settings
         with stage("generate"):
-            raw = self.engine.generate(
-                [prompts[i] for i in failed],
-                max_new_tokens=budget,
-                temperature=s.retry_temperature,
-                n=s.retries,
-            )
-        for i in failed:
-            todo[i].retried = True
-        self._choose(
-            [todo[i] for i in failed],
-            [tried[i] + [clean_output(o, todo[i].text) for o in outputs] for i, outputs in zip(failed, raw)],
-        )
+            raw = engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
+        for unit in units:
+            unit.escalated = True
+        both = [u.candidates + [clean_output(o, u.text) for o in outs] for u, outs in zip(units, raw)]
+        self._choose(units, both)
+
+    def escalation_engine(self) -> tuple[Engine, str, bool]:
+        """(engine, prompt style, whether it takes neighbouring sentences) of ``settings.escalate``,
+        loaded once: on the first failure, or by a server before it reports ready."""
+        if self._escalation is None:
+            entry = config.resolve(self.settings.escalate or "")
+            with stage("load"):
+                engine = load_engine(entry.spec, **self.engine_options)
+            self._escalation = (engine, entry.prompt_style, entry.context)
+        return self._escalation
 
     def _choose(self, units: list[Unit], candidates: list[list[str]]) -> None:
         """Verify every unit's candidates in one judge call and keep each unit's best: safe first,
@@ -458,6 +494,8 @@ class Debiaser:
             record["candidates"] = _spliced_candidates(text, units)
         if any(u.retried for u in units):
             record["retried"] = True
+        if any(u.escalated for u in units):
+            record["escalated"] = True
 
     def _scores(self, record: Record, units: list[Unit]) -> None:
         """Record-level figures: each score's maximum over units, before and after."""
@@ -494,6 +532,8 @@ class Debiaser:
                     span["reason"] = unit.reason
                 if unit.similarity is not None:
                     span["similarity"] = unit.similarity
+                if unit.escalated:
+                    span["escalated"] = True
                 spans.append(span)
             shift += len(new) - (unit.end - unit.start)
         return spans

@@ -39,6 +39,15 @@ ScreenMargin = Annotated[
     ),
 ]
 
+# debias and serve: a second engine for what the first could not fix (mbias.intervene.DebiasSettings)
+Escalate = Annotated[
+    str | None,
+    typer.Option(
+        help="A second engine (e.g. mbias-1.5b) that rewrites again only the sentences the first left "
+        "flagged; the judge keeps the better. Loaded on first use.",
+    ),
+]
+
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Progress]:

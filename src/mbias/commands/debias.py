@@ -11,6 +11,7 @@ import typer
 
 from mbias import config
 from mbias.commands.common import (
+    Escalate,
     Retries,
     ScreenMargin,
     console,
@@ -25,7 +26,18 @@ from mbias.intervene import GRANULARITIES, Debiaser, DebiasSettings
 from mbias.profile import stage
 from mbias.records import RecordWriter, iter_pending
 
-SHOWN_FIELDS = ("id", "text", "rewrite", "action", "reason", "toxicity", "bias", "similarity", "spans")
+SHOWN_FIELDS = (
+    "id",
+    "text",
+    "rewrite",
+    "action",
+    "reason",
+    "toxicity",
+    "bias",
+    "similarity",
+    "escalated",
+    "spans",
+)
 
 
 def debias(
@@ -58,6 +70,7 @@ def debias(
     candidates: Annotated[int, typer.Option(min=1, help="Sample N candidates and keep the best.")] = 1,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     retries: Retries = DebiasSettings.retries,
+    escalate: Escalate = None,
     screen: Annotated[bool, typer.Option(help="Skip generation for texts the judge finds clean.")] = True,
     screen_margin: ScreenMargin = DebiasSettings.screen_margin,
     granularity: Annotated[
@@ -97,6 +110,7 @@ def debias(
         candidates=candidates,
         temperature=temperature,
         retries=retries,
+        escalate=escalate,
         screen=screen,
         screen_margin=screen_margin,
         granularity=granularity,

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import Retries, ScreenMargin
+from mbias.commands.common import Escalate, Retries, ScreenMargin
 from mbias.errors import MbiasError
 from mbias.intervene import DebiasSettings
 
@@ -35,6 +35,7 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for company.")] = 10.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
     retries: Retries = DebiasSettings.retries,
+    escalate: Escalate = None,
     screen_margin: ScreenMargin = DebiasSettings.screen_margin,
     max_queue: Annotated[
         int,
@@ -71,7 +72,11 @@ def serve(
         engine or config.default_engine_spec(),
         judge=config.default_judge(judge),
         settings=DebiasSettings(
-            batch_size=max_batch, max_new_tokens=max_new_tokens, retries=retries, screen_margin=screen_margin
+            batch_size=max_batch,
+            max_new_tokens=max_new_tokens,
+            retries=retries,
+            escalate=escalate,
+            screen_margin=screen_margin,
         ),
     )
     app = create_app(

@@ -76,11 +76,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        from starlette.concurrency import run_in_threadpool
+
         await batcher.start()
         if debiaser.judge is not None:  # load the encoder now, not on the first request
-            from starlette.concurrency import run_in_threadpool
-
             await run_in_threadpool(debiaser.judge.score, ["ready"])
+        if debiaser.settings.escalate:  # and the second engine, so no request waits for it
+            await run_in_threadpool(debiaser.escalation_engine)
         app.state.ready = True
         yield
         app.state.ready = False
