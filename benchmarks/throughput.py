@@ -11,6 +11,7 @@ and a float32 matmul measured in the same run says how many FLOPs per second the
 
     python benchmarks/throughput.py --out runs/throughput.json
     python benchmarks/throughput.py --workloads short --texts 64 --engine mbias-270m --judge embedded
+    python benchmarks/throughput.py --escalate mbias-1.5b            # the flagged ones to a second engine
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from mbias.intervene import Debiaser, DebiasSettings
 from mbias.records import RecordWriter, read_records
 from mbias import config, profile
 imported = time.perf_counter()
-source, target, engine, judge, batch_size = sys.argv[1:6]
+source, target, engine, judge, batch_size, escalate = sys.argv[1:7]
 debiaser = Debiaser(engine, judge=config.default_judge(judge),
-                    settings=DebiasSettings(batch_size=int(batch_size)))
+                    settings=DebiasSettings(batch_size=int(batch_size), escalate=escalate or None))
 built = time.perf_counter()
 with profile.stage("read"):
     records = read_records(source, "text")
@@ -84,13 +85,13 @@ def matmul_gflops(seconds: float = 3.0) -> float:
     return runs * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
 
 
-def run_job(records: list[dict], engine: str, judge: str, batch_size: int) -> dict:
+def run_job(records: list[dict], engine: str, judge: str, batch_size: int, escalate: str = "") -> dict:
     with tempfile.TemporaryDirectory() as work:
         source, target = Path(work, "in.jsonl"), Path(work, "out.jsonl")
         source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-c", JOB, str(source), str(target), engine, judge, str(batch_size)],
+            [sys.executable, "-c", JOB, str(source), str(target), engine, judge, str(batch_size), escalate],
             capture_output=True,
             text=True,
         )
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--engine", default="mbias-270m")
     parser.add_argument("--judge", default="embedded")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--escalate", default="", help="a second engine for what the first leaves flagged")
     parser.add_argument("--params", type=float, default=268e6, help="the rewriter's parameter count")
     parser.add_argument("--equal", type=int, default=16, help="prompts checked batched vs one at a time")
     parser.add_argument("--out")
@@ -167,7 +169,7 @@ def main() -> None:
     makers = {"short": lambda: short_texts(args.texts), "long": lambda: long_texts(args.answers)}
     results = {}
     for name in args.workloads.split(","):
-        results[name] = run_job(makers[name](), args.engine, args.judge, args.batch_size)
+        results[name] = run_job(makers[name](), args.engine, args.judge, args.batch_size, args.escalate)
         report(name, results[name], gflops, args.params)
     if args.equal:
         differ, compared = batch_equality(short_texts(args.texts), args.engine, args.equal)
