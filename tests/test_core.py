@@ -346,7 +346,10 @@ def test_escalation_engine_rewrites_only_what_the_first_left_flagged(monkeypatch
     """A unit the engine fails on goes to the escalation engine (loaded on first need, with its own
     prompt style) and the judge chooses among both engines' candidates; a run where nothing fails
     never loads it, and a worse second answer changes nothing."""
+    from rich.console import Console
+
     import mbias.intervene as intervene
+    from mbias.commands.explain import explain_record
 
     loaded = []
 
@@ -370,6 +373,9 @@ def test_escalation_engine_rewrites_only_what_the_first_left_flagged(monkeypatch
         True,
     )
     assert fixed["spans"][0]["escalated"] is True and "escalated" not in clean
+    shown = Console(record=True, width=200)
+    explain_record(fixed, console=shown)  # --explain says which engine wrote the span
+    assert "escalation" in shown.export_text()
 
     second.outputs = ["idiot, fix it"]  # the larger engine fails too: the least unsafe, most similar stays
     [still] = debiaser.debias(["you idiot"])

@@ -39,6 +39,7 @@ def explain_record(record: Record, console: Console = out) -> None:
         table.add_column(column, overflow="fold" if column in ("original", "rewrite") else "ellipsis")
     for number, span in enumerate(spans, 1):
         action = span["action"] + (f"\n{span['reason']}" if span.get("reason") else "")
+        action += "\nby the escalation engine" if span.get("escalated") else ""
         table.add_row(
             str(number),
             span.get("category") or "-",
