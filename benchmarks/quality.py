@@ -14,7 +14,8 @@ rewrites of the splits that have them (ParaDetox references, the bias set's revi
 how far the judges let a rewrite people accepted go.
 
 ``--product`` adds the product path on the first engine: the embedded judge screens inputs and
-verifies the rewrite; ``--retries N`` lets it sample N more when the rewrite fails and pick one.
+verifies the rewrite; ``--retries N`` lets it sample N more when the rewrite fails and pick one;
+``--escalate ENGINE`` sends what stays flagged to a second engine.
 The judge that picks is the judge that scores, so that line flatters itself;
 benchmarks/human_read.py is its independent check.
 
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument(
         "--retries", type=int, default=DebiasSettings.retries, help="the product path's retries"
     )
+    parser.add_argument("--escalate", help="the product path's second engine for what stays flagged")
     parser.add_argument(
         "--granularities",
         default="auto",
@@ -196,9 +198,13 @@ def main() -> None:
                 )
             if args.product:
                 product = DebiasSettings(
-                    batch_size=args.batch_size, retries=args.retries, granularity=granularity
+                    batch_size=args.batch_size,
+                    retries=args.retries,
+                    granularity=granularity,
+                    escalate=args.escalate,
                 )
                 name = f"{label}product: screen {product.screen_margin}, retries {product.retries} "
+                name += f"escalate {args.escalate} " if args.escalate else ""
                 systems[name + f"({engines[0]}{suffix})"] = (
                     engine_spec(engines[0], base, adapter),
                     style,
