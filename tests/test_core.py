@@ -383,6 +383,8 @@ def test_escalation_engine_rewrites_only_what_the_first_left_flagged(monkeypatch
     assert loaded == ["hf:larger-model"]  # loaded once per Debiaser
     with pytest.raises(MbiasError, match="escalate names no engine"):
         Debiaser(ScriptedEngine(["x"]), judge=FixedJudge(), settings=DebiasSettings(escalate=" "))
+    with pytest.raises(MbiasError, match="unknown engine spec 'nonexistent'"):  # before any text is read
+        Debiaser(ScriptedEngine(["x"]), judge=FixedJudge(), settings=DebiasSettings(escalate="nonexistent"))
 
 
 def test_debiaser_flags_empty_and_too_long_inputs():

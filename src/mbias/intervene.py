@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mbias import config
-from mbias.engines import Engine, load_engine
+from mbias.engines import Engine, check_spec, load_engine
 from mbias.errors import MbiasError
 from mbias.judges import Judge, load_judge
 from mbias.profile import stage
@@ -154,8 +154,10 @@ class Debiaser:
         self.use_context = entry.context if context is None else context
         self.engine_options = engine_options or {}
         self._escalation: tuple[Engine, str, bool] | None = None
-        if self.settings.escalate is not None and not self.settings.escalate.strip():
-            raise MbiasError("escalate names no engine: give a short name or spec, or leave it out")
+        if self.settings.escalate is not None:  # its form now, its weights when first needed
+            if not self.settings.escalate.strip():
+                raise MbiasError("escalate names no engine: give a short name or spec, or leave it out")
+            check_spec(config.resolve(self.settings.escalate).spec)
 
     # -- helpers -------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:

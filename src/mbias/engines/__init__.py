@@ -37,14 +37,28 @@ def split_adapter(source: str) -> tuple[str, str | None]:
     return base, (adapter if sep else None)
 
 
-def load_engine(spec: str, **options: Any) -> Engine:
-    """Build the engine a spec names; raises MbiasError with a one-line reason when it cannot."""
+ENGINE_SCHEMES = ("hf", "llamacpp", "openai", "vllm")
+
+
+def check_spec(spec: str) -> tuple[str, str]:
+    """(scheme, rest) of a spec, or MbiasError with a one-line reason: a spec's form can be checked
+    before its engine is loaded (a second engine that loads only when first needed)."""
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise MbiasError(
             f"unknown engine spec {spec!r}; expected hf:..., llamacpp:..., openai:URL#MODEL, vllm:... "
             "or a short name"
         )
+    if scheme not in ENGINE_SCHEMES:
+        raise MbiasError(
+            f"unknown engine scheme {scheme!r} in {spec!r}; use hf:, llamacpp:, openai: or vllm:"
+        )
+    return scheme, rest
+
+
+def load_engine(spec: str, **options: Any) -> Engine:
+    """Build the engine a spec names; raises MbiasError with a one-line reason when it cannot."""
+    scheme, rest = check_spec(spec)
     if scheme == "hf":
         from mbias.engines.hf import HFEngine
 
@@ -64,4 +78,4 @@ def load_engine(spec: str, **options: Any) -> Engine:
 
         base, _, lora = rest.partition("+lora:")
         return LlamaCppEngine(base, lora=lora or None, **options)
-    raise MbiasError(f"unknown engine scheme {scheme!r} in {spec!r}; use hf:, llamacpp:, openai: or vllm:")
+    raise AssertionError(f"scheme {scheme!r} passed check_spec but has no engine")
