@@ -39,7 +39,7 @@ ScreenMargin = Annotated[
     ),
 ]
 
-# debias and serve: a second engine for what the first could not fix (mbias.intervene.DebiasSettings)
+# debias, serve and probe: a second engine for what the first could not fix (mbias.intervene.DebiasSettings)
 Escalate = Annotated[
     str | None,
     typer.Option(

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import Retries, console, progress_bar, rate_text
+from mbias.commands.common import Escalate, Retries, console, progress_bar, rate_text
 from mbias.intervene import DebiasSettings
 from mbias.records import write_records
 
@@ -31,6 +31,7 @@ def probe(
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
     retries: Retries = DebiasSettings.retries,
+    escalate: Escalate = None,
 ) -> None:
     """Rewrite held-out ToxiGen statements per group; compare safety and over-intervention across groups.
 
@@ -62,6 +63,7 @@ def probe(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             retries=retries,
+            escalate=escalate,
             on_progress=advance,
         )
     out.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,7 @@ def run_probe(
     batch_size: int = 8,
     max_new_tokens: int = 96,
     retries: int = DebiasSettings.retries,
+    escalate: str | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> ProbeResult:
     """Sample, rewrite every statement, judge before and after, and compare the groups."""
@@ -179,7 +180,7 @@ def run_probe(
     if not statements:
         raise MbiasError("no held-out statements to probe")
     settings = DebiasSettings(
-        batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False, retries=retries
+        batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False, retries=retries, escalate=escalate
     )
     debiaser = Debiaser(engine, judge=judge, settings=settings)
     rows = []
