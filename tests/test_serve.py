@@ -249,6 +249,7 @@ def test_server_loads_the_escalation_engine_before_it_reports_ready(monkeypatch)
     assert loaded == []
     with TestClient(app) as client:
         assert loaded == ["hf:larger-model"] and client.get("/readyz").json() == {"ready": True}
+        assert client.get("/healthz").json()["escalate"] == "hf:larger-model"
         [record] = client.post("/v1/debias", json={"text": "you idiot fix the printer"}).json()["results"]
         assert (record["rewrite"], record["escalated"]) == ("please fix the printer", True)
     assert loaded == ["hf:larger-model"]

@@ -121,7 +121,12 @@ def create_app(
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Alive: the process answers (it may still be loading)."""
-        return {"status": "ok", "engine": debiaser.engine.name, "guard": upstream is not None}
+        return {
+            "status": "ok",
+            "engine": debiaser.engine.name,
+            "escalate": debiaser.settings.escalate,
+            "guard": upstream is not None,
+        }
 
     @app.get("/readyz")
     def ready() -> JSONResponse:
