@@ -379,12 +379,41 @@ def test_escalation_engine_rewrites_only_what_the_first_left_flagged(monkeypatch
 
     second.outputs = ["idiot, fix it"]  # the larger engine fails too: the least unsafe, most similar stays
     [still] = debiaser.debias(["you idiot"])
-    assert (still["action"], still["rewrite"], still["escalated"]) == ("flagged", "you idiot", True)
+    assert (still["action"], still["rewrite"]) == ("flagged", "you idiot")
+    assert "escalated" not in still and "escalated" not in still["spans"][0]  # kept: the first engine's
+    shown = Console(record=True, width=200)
+    explain_record(still, console=shown)
+    assert "escalation" not in shown.export_text()
     assert loaded == ["hf:larger-model"]  # loaded once per Debiaser
     with pytest.raises(MbiasError, match="escalate names no engine"):
         Debiaser(ScriptedEngine(["x"]), judge=FixedJudge(), settings=DebiasSettings(escalate=" "))
     with pytest.raises(MbiasError, match="unknown engine spec 'nonexistent'"):  # before any text is read
         Debiaser(ScriptedEngine(["x"]), judge=FixedJudge(), settings=DebiasSettings(escalate="nonexistent"))
+
+
+def test_an_escalation_engine_that_cannot_load_stops_the_job_once(monkeypatch):
+    """Not a record's fault: the batch is not retried record by record (each retry a new load),
+    the job stops with the load's one-line reason, and a later call does not try loading again."""
+    import mbias.intervene as intervene
+    from mbias.intervene import EscalationUnavailable
+
+    tries = []
+
+    def load(spec, **options):
+        tries.append(spec)
+        raise MbiasError("the 1.5b extra is not installed\nsecond line")
+
+    monkeypatch.setattr(intervene, "load_engine", load)
+    settings = DebiasSettings(escalate="hf:larger-model")
+    debiaser = Debiaser(TwoStageEngine(["x"]), judge=FixedJudge(), prompt_style="mbias", settings=settings)
+    texts = ["you idiot", "the printer is fixed", "idiot again"]
+    one_line = r"^--escalate hf:larger-model: the 1.5b extra is not installed$"
+    with pytest.raises(EscalationUnavailable, match=one_line):
+        debiaser.debias(texts)
+    with pytest.raises(EscalationUnavailable):
+        debiaser.debias(["you idiot"])
+    assert tries == ["hf:larger-model"]
+    assert debiaser.debias(["the printer is fixed"])[0]["action"] == "kept"  # clean text still flows
 
 
 def test_debiaser_flags_empty_and_too_long_inputs():

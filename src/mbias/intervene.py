@@ -88,6 +88,11 @@ class InputTooLong(MbiasError):
     pass
 
 
+class EscalationUnavailable(MbiasError):
+    """The escalation engine could not be loaded: the job's fault, not a record's, so a batch that
+    hits it stops instead of being retried record by record."""
+
+
 @dataclass
 class Unit:
     """One piece of one record that is screened and maybe rewritten: a sentence or the whole text."""
@@ -153,7 +158,9 @@ class Debiaser:
         context = self.settings.context
         self.use_context = entry.context if context is None else context
         self.engine_options = engine_options or {}
-        self._escalation: tuple[Engine, str, bool] | None = None
+        # the scheme of the engine this built (llamacpp, hf, ...); None for an engine passed in
+        self.engine_kind = entry.spec.partition(":")[0] if engine is None or isinstance(engine, str) else None
+        self._escalation: tuple[Engine, str, bool] | EscalationUnavailable | None = None
         if self.settings.escalate is not None:  # its form now, its weights when first needed
             if not self.settings.escalate.strip():
                 raise MbiasError("escalate names no engine: give a short name or spec, or leave it out")
@@ -219,6 +226,8 @@ class Debiaser:
         caller."""
         try:
             return self._process(batch)
+        except EscalationUnavailable:
+            raise
         except Exception as first:
             if len(batch) == 1:
                 raise
@@ -375,19 +384,29 @@ class Debiaser:
         s = self.settings
         with stage("generate"):
             raw = engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
-        for unit in units:
-            unit.escalated = True
-        both = [u.candidates + [clean_output(o, u.text) for o in outs] for u, outs in zip(units, raw)]
-        self._choose(units, both)
+        first = [list(u.candidates) for u in units]
+        second = [[clean_output(o, u.text) for o in outs] for u, outs in zip(units, raw)]
+        self._choose(units, [a + b for a, b in zip(first, second)])
+        for unit, mine, theirs in zip(units, first, second):  # credit the engine whose rewrite was kept
+            unit.escalated = unit.rewrite is not None and unit.rewrite in theirs and unit.rewrite not in mine
 
     def escalation_engine(self) -> tuple[Engine, str, bool]:
         """(engine, prompt style, whether it takes neighbouring sentences) of ``settings.escalate``,
-        loaded once: on the first failure, or by a server before it reports ready."""
+        loaded once: on the first failure, or by a server before it reports ready. It gets the first
+        engine's options (a Ray worker's thread cap) only when both are of one kind. A load that
+        fails is not tried again: every later call raises the same EscalationUnavailable."""
         if self._escalation is None:
             entry = config.resolve(self.settings.escalate or "")
-            with stage("load"):
-                engine = load_engine(entry.spec, **self.engine_options)
-            self._escalation = (engine, entry.prompt_style, entry.context)
+            same_kind = check_spec(entry.spec)[0] == self.engine_kind
+            try:
+                with stage("load"):
+                    engine = load_engine(entry.spec, **(self.engine_options if same_kind else {}))
+                self._escalation = (engine, entry.prompt_style, entry.context)
+            except Exception as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._escalation = EscalationUnavailable(f"--escalate {self.settings.escalate}: {reason}")
+        if isinstance(self._escalation, EscalationUnavailable):
+            raise self._escalation
         return self._escalation
 
     def _choose(self, units: list[Unit], candidates: list[list[str]]) -> None:

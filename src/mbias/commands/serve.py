@@ -79,6 +79,8 @@ def serve(
             screen_margin=screen_margin,
         ),
     )
+    if escalate:  # now, so a second engine that cannot load is a one-line error, not a startup traceback
+        debiaser.escalation_engine()
     app = create_app(
         debiaser,
         upstream=guard,
