@@ -391,6 +391,30 @@ def test_escalation_engine_rewrites_only_what_the_first_left_flagged(monkeypatch
         Debiaser(ScriptedEngine(["x"]), judge=FixedJudge(), settings=DebiasSettings(escalate="nonexistent"))
 
 
+def test_retries_run_before_escalation_and_every_candidate_reaches_the_choice(monkeypatch):
+    """With both knobs, the first engine's samples come first; only a unit they leave flagged goes
+    to the second engine, and the judge chooses among greedy, sampled and escalated candidates."""
+    import mbias.intervene as intervene
+
+    second = ScriptedEngine(["please fix the printer"])
+    monkeypatch.setattr(intervene, "load_engine", lambda spec, **options: second)
+    first = TwoStageEngine(["idiot printer", "fix it idiot"])  # sampled candidates fail the judge too
+    settings = DebiasSettings(retries=2, escalate="hf:larger-model", candidates=1)
+    debiaser = Debiaser(first, judge=FixedJudge(), prompt_style="mbias", settings=settings)
+    [record] = debiaser.debias(["you idiot fix the printer"])
+    assert first.temperatures == [0.0, 0.8] and len(second.calls) == 1
+    kept = (record["rewrite"], record["retried"], record["escalated"])
+    assert kept == ("please fix the printer", True, True)
+    greedy, *samples = ["you idiot fix the printer", "idiot printer", "fix it idiot"]
+    assert record["candidates"] == [greedy, *samples, "please fix the printer"]
+
+    sampled = TwoStageEngine(["please fix the printer"])  # a sample passes: nothing is escalated
+    second.calls.clear()
+    debiaser = Debiaser(sampled, judge=FixedJudge(), prompt_style="mbias", settings=settings)
+    [record] = debiaser.debias(["you idiot fix the printer"])
+    assert second.calls == [] and record["retried"] is True and "escalated" not in record
+
+
 def test_an_escalation_engine_that_cannot_load_stops_the_job_once(monkeypatch):
     """Not a record's fault: the batch is not retried record by record (each retry a new load),
     the job stops with the load's one-line reason, and a later call does not try loading again."""
