@@ -161,10 +161,12 @@ class Debiaser:
         # the scheme of the engine this built (llamacpp, hf, ...); None for an engine passed in
         self.engine_kind = entry.spec.partition(":")[0] if engine is None or isinstance(engine, str) else None
         self._escalation: tuple[Engine, str, bool] | EscalationUnavailable | None = None
+        self._escalation_entry: config.ModelEntry | None = None
         if self.settings.escalate is not None:  # its form now, its weights when first needed
             if not self.settings.escalate.strip():
                 raise MbiasError("escalate names no engine: give a short name or spec, or leave it out")
-            check_spec(config.resolve(self.settings.escalate).spec)
+            self._escalation_entry = config.resolve(self.settings.escalate)
+            check_spec(self._escalation_entry.spec)
 
     # -- helpers -------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -395,9 +397,11 @@ class Debiaser:
         loaded once: on the first failure, or by a server before it reports ready. It gets the first
         engine's options (a Ray worker's thread cap) only when both are of one kind. A load that
         fails is not tried again: every later call raises the same EscalationUnavailable."""
+        entry = self._escalation_entry
+        if entry is None:
+            raise MbiasError("no escalation engine: set DebiasSettings.escalate")
         if self._escalation is None:
-            entry = config.resolve(self.settings.escalate or "")
-            same_kind = check_spec(entry.spec)[0] == self.engine_kind
+            same_kind = entry.spec.partition(":")[0] == self.engine_kind
             try:
                 with stage("load"):
                     engine = load_engine(entry.spec, **(self.engine_options if same_kind else {}))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -55,13 +56,10 @@ def sheets(
     """Blind sheets (text, candidate, empty labels) of the rewrites only a reader can judge."""
     rows = [r for r in read_records(mined, "biased_text") if readable(r)]
     rng = random.Random(seed)
-    in_full = tuple(whole or WHOLE)
-    read_whole = {
-        r.get("data_source", "") for r in rows if any(w in r.get("data_source", "") for w in in_full)
-    }
-    picks = [r for r in rows if r.get("data_source", "") in read_whole]
-    for source in sorted({r.get("data_source", "") for r in rows} - read_whole):
-        pool = [r for r in rows if r.get("data_source", "") == source]
+    read_whole = {_source(r) for r in rows if _from_any(r, whole or WHOLE)}
+    picks = [r for r in rows if _source(r) in read_whole]
+    for source in sorted({_source(r) for r in rows} - read_whole):
+        pool = [r for r in rows if _source(r) == source]
         picks += rng.sample(pool, min(per_file, len(pool)))
     rng.shuffle(picks)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,9 +108,18 @@ def select(
     wanted = {KINDS[k] for k in kind}
     rows = [r for r in map(json.loads, pairs.read_text().splitlines()) if r.get("failure") in wanted]
     if source:
-        rows = [r for r in rows if any(name in (r.get("data_source") or "") for name in source)]
+        rows = [r for r in rows if _from_any(r, source)]
     write_records(out, rows)
     typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+def _source(row: dict) -> str:
+    return row.get("data_source") or ""
+
+
+def _from_any(row: dict, names: Sequence[str]) -> bool:
+    """Whether the row's data file is one of those named (a part of its path, e.g. "paradetox")."""
+    return any(name in _source(row) for name in names)
 
 
 def register(parent: typer.Typer) -> None:
