@@ -415,6 +415,31 @@ def test_retries_run_before_escalation_and_every_candidate_reaches_the_choice(mo
     assert second.calls == [] and record["retried"] is True and "escalated" not in record
 
 
+def test_a_rewrite_the_screen_would_still_catch_is_escalated_and_a_clear_one_preferred(monkeypatch):
+    """A flagged unit whose rewrite passes the threshold but not the screen's margin ("lazy":
+    bias 0.3 of a 0.5 threshold, margin 0.5) goes to the second engine; its candidate the screen
+    lets through wins over the first engine's more similar one. A second answer no clearer
+    changes nothing, and a suspect (under the threshold already) is never escalated."""
+    import mbias.intervene as intervene
+
+    second = ScriptedEngine(["please fix the printer"])
+    monkeypatch.setattr(intervene, "load_engine", lambda spec, **options: second)
+    record, _ = two_head_debias("you scum fix the printer", "you lazy fix the printer")
+    assert (record["action"], record["rewrite"]) == ("rewritten", "you lazy fix the printer")  # alone
+    record, _ = two_head_debias("you scum fix the printer", "you lazy fix the printer", escalate="hf:larger")
+    assert (record["rewrite"], record["escalated"]) == ("please fix the printer", True)
+    assert second.calls == [[render("you scum fix the printer", "auto")]]
+
+    second.outputs, second.calls = ["you lazy one, fix the printer"], []  # caught as well: the first stays
+    record, _ = two_head_debias("you scum fix the printer", "you lazy fix the printer", escalate="hf:larger")
+    assert (record["rewrite"], "escalated" in record) == ("you lazy fix the printer", False)
+    assert len(second.calls) == 1
+
+    second.calls = []  # a suspect's rewrite must clear the margin to be kept: nothing is doubtful
+    record, _ = two_head_debias("lazy people rent flats", "people rent flats", escalate="hf:larger")
+    assert (record["rewrite"], second.calls) == ("people rent flats", [])
+
+
 def test_an_escalation_engine_that_cannot_load_stops_the_job_once(monkeypatch):
     """Not a record's fault: the batch is not retried record by record (each retry a new load),
     the job stops with the load's one-line reason, and a later call does not try loading again."""

@@ -171,6 +171,24 @@ def test_a_lead_in_before_a_colon_stays_when_only_the_sentence_after_it_is_flagg
     assert record["rewrite"] == line.replace("Idiots", "Many people")
 
 
+def test_a_sentence_started_in_lowercase_is_a_piece_of_its_own_but_not_after_an_abbreviation():
+    """Chat-style text starts sentences in lowercase, which the segmenter leaves glued to the
+    sentence before; the cut counts after a word, never after an abbreviation or a quote."""
+    chat = "Here are some tips for the whole trip. and idiots wrote them, honestly."
+    assert [s.text for s in split_sentences(chat)] == [chat]
+    assert parts(chat) == ["Here are some tips for the whole trip.", "and idiots wrote them, honestly."]
+    assert DilutingJudge().score([chat])[0]["toxicity"] < 0.5 * 0.35  # whole, it would pass
+    record, engine = debias_one(chat, ["and other people wrote them, honestly."])
+    assert record["rewrite"] == chat.replace("idiots", "other people")
+    for line in (
+        "Use a good sturdy tool for it, e.g. the hammer from the shed.",
+        "Prices rose approx. three percent in the last full year.",
+        "Meet the team at 9 a.m. and bring some water with you.",
+        'He said "stop." and then he left the room very quickly.',
+    ):
+        assert parts(line) == [], line
+
+
 def test_a_sentence_whose_every_piece_is_flagged_is_rewritten_whole():
     both = "Idiots ignore the shower, e.g., roll-in. Idiots run that place."
     assert len(split_sentences(both)) == 1 and len(parts(both)) == 2

@@ -68,8 +68,9 @@ class DebiasSettings:
     retries: int = 0
     retry_temperature: float = 0.8
     # An engine (short name or spec, e.g. "mbias-1.5b") that rewrites again only the units the
-    # engine failed on (flagged: judged unsafe, meaning lost, no usable rewrite); the judge then
-    # chooses among both engines' candidates. Loaded on the first failure, so a run without one
+    # engine failed on (flagged: judged unsafe, meaning lost, no usable rewrite) or rewrote into
+    # text the screen would still catch (under the threshold, over the margin); the judge then
+    # chooses among both engines' candidates. Loaded on the first such unit, so a run without one
     # never pays for it. None: no second engine.
     escalate: str | None = None
     # "sentence": screen and rewrite each sentence; "text": the whole text as one unit; "auto"
@@ -372,12 +373,24 @@ class Debiaser:
             again = [tried[i] + [clean_output(o, todo[i].text) for o in outs] for i, outs in zip(failed, raw)]
             self._choose([todo[i] for i in failed], again)
         if s.escalate:
-            self._escalate([u for u in todo if u.reason in RETRIED_REASONS], budget)
+            self._escalate([u for u in todo if u.reason in RETRIED_REASONS or self._doubtful(u)], budget)
+
+    def _doubtful(self, unit: Unit) -> bool:
+        """Whether a flagged unit's accepted rewrite is one the screen would still send to the
+        rewriter: under the threshold, over the margin. Escalating these too changed the output on
+        103 of 560 held-out texts, and two blind readers found 6 and 5 of them still unsafe
+        against 20 and 19 before (docs/lab/results-log.md, "Escalating doubtful rewrites")."""
+        return (
+            unit.action == "rewritten"
+            and unit.after is not None
+            and self._bar(unit) == 1.0
+            and self._caught(unit.after)
+        )
 
     def _escalate(self, units: list[Unit], budget: int) -> None:
-        """The units both tries left flagged, rewritten by the escalation engine with its own prompt;
-        the judge chooses again among every candidate of each, so a worse second answer changes
-        nothing."""
+        """The units both tries left flagged or doubtful, rewritten by the escalation engine with
+        its own prompt; the judge chooses again among every candidate of each, preferring one the
+        screen would let through, so a worse second answer changes nothing."""
         if not units:
             return
         engine, style, context = self.escalation_engine()
@@ -388,7 +401,7 @@ class Debiaser:
             raw = engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
         first = [list(u.candidates) for u in units]
         second = [[clean_output(o, u.text) for o in outs] for u, outs in zip(units, raw)]
-        self._choose(units, [a + b for a, b in zip(first, second)])
+        self._choose(units, [a + b for a, b in zip(first, second)], clear_first=True)
         for unit, mine, theirs in zip(units, first, second):  # credit the engine whose rewrite was kept
             unit.escalated = unit.rewrite is not None and unit.rewrite in theirs and unit.rewrite not in mine
 
@@ -413,9 +426,10 @@ class Debiaser:
             raise self._escalation
         return self._escalation
 
-    def _choose(self, units: list[Unit], candidates: list[list[str]]) -> None:
+    def _choose(self, units: list[Unit], candidates: list[list[str]], clear_first: bool = False) -> None:
         """Verify every unit's candidates in one judge call and keep each unit's best: safe first,
-        then meaning kept, then the most similar."""
+        then meaning kept, then (``clear_first``) one the screen would let through, then the most
+        similar."""
         usable = [[c for c in dict.fromkeys(cs) if c.strip() and not is_refusal(c)] for cs in candidates]
         if self.judge is not None:  # verifying: a decoding loop is not a rewrite either
             usable = [[c for c in ok if not repeats_itself(c, u.text)] for u, ok in zip(units, usable)]
@@ -449,6 +463,7 @@ class Debiaser:
                 key=lambda c: (
                     self.judge.is_unsafe(c[1], margin=bar),
                     c[2] < self.settings.min_similarity,
+                    clear_first and self._caught(c[1]),
                     -c[2],
                 ),
             )

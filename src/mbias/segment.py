@@ -38,14 +38,18 @@ _INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>()\[\]`]+[^\s<>()\[\]`.,;:!?'\"]|\]\([^)\s]+\)")
 _WORD = re.compile(r"\w")
 # An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit;
-# or a colon before a capital, where an LLM's lead-in ("Here's a simple routine:") meets a sentence.
-_INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z]))(\s+)")
+# or a colon before a capital, where an LLM's lead-in ("Here's a simple routine:") meets a sentence;
+# or a bare full stop before a lowercase letter (group 1), where chat-style text starts a sentence
+# in lowercase ("Here are the tips. and that is ..."); that one counts only after a word, never
+# after a possible abbreviation ("e.g. the", "approx. three") or a quote ('"Stop." and he left').
+# A question mark before lowercase stays inside ("A woman running a company? good luck.").
+_INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z])|\.(?=(\s+)[a-z]))(\s+)")
 # A full stop that may end an abbreviation, not a sentence ("the U.S. Army", "No. 1107", "J. K.
 # Rowling", "Sen. Warren"). A piece is rewritten alone only where its cut is not after one; the
 # screen reads the pieces at every cut, so this list costs no recall.
 _ABBREVIATION = re.compile(
     r"(?:\b[A-Za-z]\.(?:[A-Za-z]\.)+|\b[A-Z]\.|\b(?:no|nos|dr|mr|mrs|ms|prof|sen|rep|gov|gen|lt|col|capt|sgt"
-    r"|rev|st|mt|ave|vs|etc|approx|inc|ltd|co|corp|jr|sr|fig|figs|vol|art|sec|ch|eq|dept|jan|feb|mar|apr|jun"
+    r"|rev|mx|st|mt|ave|vs|etc|approx|inc|ltd|co|corp|jr|sr|fig|figs|vol|art|sec|ch|eq|dept|jan|feb|mar|apr|jun"
     r"|jul|aug|sep|sept|oct|nov|dec|pp?|ca|cf|al|ph\.d)\.)$",
     re.IGNORECASE,
 )
@@ -164,20 +168,23 @@ def split_sentences(answer: str) -> list[Sentence]:
 
 def pieces(sentence: str, min_words: int = 3, splice: bool = False) -> list[tuple[int, int]]:
     """(start, end) of each piece of one sentence between inner sentence ends (a full stop,
-    question or exclamation mark, then a space and a capital or a digit; or a colon, a space and a
-    capital); [] when there are not two pieces of at least ``min_words`` words. A shorter piece
-    joins the one after it ("1920: The ..."), the last one the one before. Inline code and URLs
-    are never cut. With ``splice`` a cut after a possible abbreviation does not count either, so
-    the pieces can be rewritten alone without cutting a name or a number in two.
+    question or exclamation mark, then a space and a capital or a digit; a full stop after a word,
+    then a space and a lowercase letter; or a colon, a space and a capital); [] when there are not
+    two pieces of at least ``min_words`` words. A shorter piece joins the one after it ("1920: The
+    ..."), the last one the one before. Inline code and URLs are never cut. With ``splice`` a cut
+    after a possible abbreviation does not count either, so the pieces can be rewritten alone
+    without cutting a name or a number in two.
     The segmenter keeps two sentences together after an abbreviation ("... e.g., door widths.
     Native ...") or before a year ("... nation. 1920: ..."), and a list item's lead-in with what
     follows ("Here's a routine: It is just a fact that ..."): the screen reads each piece too, so
     one is not averaged away by the other, and only the pieces it flags are rewritten."""
     masked, _ = _mask(sentence)
     ends = [
-        m for m in _INNER_END.finditer(masked) if not (splice and _ABBREVIATION.search(masked, 0, m.start(1)))
+        m
+        for m in _INNER_END.finditer(masked)
+        if not ((splice or m.group(1)) and _ABBREVIATION.search(masked, 0, m.start(2)))
     ]
-    cuts = [0, *(x for m in ends for x in m.span(1)), len(sentence)]
+    cuts = [0, *(x for m in ends for x in m.span(2)), len(sentence)]
     spans: list[tuple[int, int]] = []
     pending: int | None = None  # start of short pieces waiting to join the next one
     for start, end in zip(cuts[::2], cuts[1::2]):
