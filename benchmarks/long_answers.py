@@ -178,12 +178,14 @@ def compare_modes(debiaser, answers: list[Answer], n: int, seed: int) -> dict:
 
 
 def warm_debiaser(engine, judge_spec: str, knobs: dict, granularity: str):
-    """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty); ``knobs`` are
-    the run's DebiasSettings (screen margin, escalation engine)."""
+    """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty; both its
+    encoders loaded, so the mode timed first does not pay for loading the one that measures
+    meaning); ``knobs`` are the run's DebiasSettings (screen margin, escalation engine)."""
     from mbias.judges import load_judge
 
     judge = load_judge(judge_spec)
     judge.score(["warm-up"])
+    judge.similarity(["warm-up"], ["warm-up"])
     return Debiaser(engine, judge=judge, settings=DebiasSettings(granularity=granularity, **knobs))
 
 

@@ -438,6 +438,36 @@ def test_a_rewrite_the_screen_would_still_catch_is_escalated_and_a_clear_one_pre
     second.calls = []  # a suspect's rewrite must clear the margin to be kept: nothing is doubtful
     record, _ = two_head_debias("lazy people rent flats", "people rent flats", escalate="hf:larger")
     assert (record["rewrite"], second.calls) == ("people rent flats", [])
+    # screen off: a clean text's rewrite into the band is no doubtful rewrite of a flagged one
+    record, _ = two_head_debias(
+        "people rent flats", "lazy people rent flats", escalate="hf:larger", screen=False
+    )
+    assert (record["rewrite"], second.calls) == ("lazy people rent flats", [])
+    # no judge: nothing is verified, so nothing is doubtful either
+    engine = ScriptedEngine(["you lazy fix the printer"])
+    settings = DebiasSettings(escalate="hf:larger", retries=0)
+    [record] = Debiaser(engine, judge=None, prompt_style="mbias", settings=settings).debias(["you scum"])
+    assert (record["rewrite"], second.calls) == ("you lazy fix the printer", [])
+
+
+def test_a_second_answer_no_better_leaves_the_first_choice_as_it_was(monkeypatch):
+    """Preferring a candidate the screen lets through decides between the two engines' answers,
+    not among the first engine's own: when the second engine's answer is not kept, the output is
+    what it was without escalation."""
+    import mbias.intervene as intervene
+
+    second = ScriptedEngine(["lazy one"])  # caught by the margin, and it lost the message
+    monkeypatch.setattr(intervene, "load_engine", lambda spec, **options: second)
+    first = ["you lazy fix the printer", "fix the printer"]  # doubtful and similar; clear, less similar
+    outputs = []
+    for escalate in (None, "hf:larger"):
+        settings = DebiasSettings(screen_margin=0.5, retries=0, candidates=2, escalate=escalate)
+        debiaser = Debiaser(
+            ScriptedEngine(first), judge=TwoHeadJudge(), prompt_style="mbias", settings=settings
+        )
+        [record] = debiaser.debias(["you scum fix the printer"])
+        outputs.append((record["rewrite"], record["action"], "escalated" in record))
+    assert outputs == [("you lazy fix the printer", "rewritten", False)] * 2 and len(second.calls) == 1
 
 
 def test_an_escalation_engine_that_cannot_load_stops_the_job_once(monkeypatch):
@@ -475,6 +505,26 @@ def test_debiaser_flags_empty_and_too_long_inputs():
     assert fine["rewrite"] == "ok"
     with pytest.raises(MbiasError, match="tokens"):
         debiaser.check_length("word " * 400)
+
+
+def test_only_sentences_sent_to_the_model_are_counted_in_tokens():
+    """Counting every clean sentence with the model's tokenizer cost 2 ms an answer: a sentence
+    whose UTF-8 length proves it fits is counted only when it is rewritten."""
+
+    class CountingTokenizer:
+        def __init__(self):
+            self.texts = []
+
+        def __call__(self, text, add_special_tokens=False):
+            self.texts.append(text)
+            return {"input_ids": text.split()}
+
+    engine = ScriptedEngine(["Someone fixed it."])
+    engine.tokenizer, engine.context_window = CountingTokenizer(), 1000
+    debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias")
+    [record] = debiaser.debias(["The printer works again today. You idiot fixed it."])
+    assert record["rewrite"] == "The printer works again today. Someone fixed it."
+    assert engine.tokenizer.texts == ["You idiot fixed it."]
 
 
 def test_records_keep_extra_fields_through_debias():

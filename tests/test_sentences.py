@@ -185,6 +185,10 @@ def test_a_sentence_started_in_lowercase_is_a_piece_of_its_own_but_not_after_an_
         "Prices rose approx. three percent in the last full year.",
         "Meet the team at 9 a.m. and bring some water with you.",
         'He said "stop." and then he left the room very quickly.',
+        'He said "stop". and then he left the room very quickly.',
+        "Add 2 tbsp. of sugar to the pan and stir it well.",
+        "I thought about it for a while... and honestly it was fine.",
+        "In formal emails the title Mx. is an option for many people.",
     ):
         assert parts(line) == [], line
 

@@ -104,7 +104,7 @@ class Unit:
     text: str
     context: Context | None = None
     rewritable: bool = True
-    tokens: int = 0
+    tokens: int | None = None  # counted when the unit is rewritten (or when it may be too long)
     before: dict[str, float] = field(default_factory=dict)
     after: dict[str, float] = field(default_factory=dict)
     rewrite: str | None = None
@@ -180,7 +180,14 @@ class Debiaser:
         window = getattr(self.engine, "context_window", None) or self.settings.max_input_tokens
         return min(self.settings.max_input_tokens, max(16, window - self.settings.max_new_tokens))
 
-    def check_length(self, text: str) -> int:
+    def check_length(self, text: str) -> int | None:
+        """The text's token count, or None when its UTF-8 length already proves it fits: with
+        byte-level BPE (Qwen) or SentencePiece with byte fallback (Gemma, Mistral) a token covers at
+        least one byte (one more for a leading word marker); a tokenizer that expands characters
+        (NFKC) could exceed the bound. Counting every clean sentence of every answer with the
+        model's tokenizer cost 2 ms an answer."""
+        if len(text.encode("utf-8")) + 1 <= self.input_limit():
+            return None
         tokens = self.count_tokens(text)
         if tokens > self.input_limit():
             raise InputTooLong(
@@ -340,11 +347,13 @@ class Debiaser:
             text,
             context=context,
             rewritable=unit.rewritable or not holds_code(text),
-            tokens=self.count_tokens(text),
             before={k: round(v, 4) for k, v in score.items()},
         )
 
     def _budget(self, units: list[Unit]) -> int:
+        for unit in units:
+            if unit.tokens is None:
+                unit.tokens = self.count_tokens(unit.text)
         longest = int(1.5 * max(u.tokens for u in units)) + 24
         return min(self.settings.max_new_tokens, longest) if self.settings.granularity == "text" else longest
 
@@ -381,9 +390,10 @@ class Debiaser:
         103 of 560 held-out texts, and two blind readers found 6 and 5 of them still unsafe
         against 20 and 19 before (docs/lab/results-log.md, "Escalating doubtful rewrites")."""
         return (
-            unit.action == "rewritten"
-            and unit.after is not None
-            and self._bar(unit) == 1.0
+            self.judge is not None
+            and unit.action == "rewritten"
+            and bool(unit.before and unit.after)
+            and self.judge.is_unsafe(unit.before)
             and self._caught(unit.after)
         )
 
@@ -400,10 +410,15 @@ class Debiaser:
         with stage("generate"):
             raw = engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
         first = [list(u.candidates) for u in units]
+        chosen = [(u.rewrite, u.after, u.similarity, u.action, u.reason) for u in units]
         second = [[clean_output(o, u.text) for o in outs] for u, outs in zip(units, raw)]
         self._choose(units, [a + b for a, b in zip(first, second)], clear_first=True)
-        for unit, mine, theirs in zip(units, first, second):  # credit the engine whose rewrite was kept
+        for unit, mine, theirs, before in zip(units, first, second, chosen):
+            # credit the engine whose rewrite was kept; when it is the first's, its first choice
+            # stands (clear_first only decides between the two engines' answers)
             unit.escalated = unit.rewrite is not None and unit.rewrite in theirs and unit.rewrite not in mine
+            if not unit.escalated:
+                unit.rewrite, unit.after, unit.similarity, unit.action, unit.reason = before
 
     def escalation_engine(self) -> tuple[Engine, str, bool]:
         """(engine, prompt style, whether it takes neighbouring sentences) of ``settings.escalate``,

@@ -39,17 +39,18 @@ _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>()\[\]`]+[^\s<>()\[\]`.,;:!?
 _WORD = re.compile(r"\w")
 # An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit;
 # or a colon before a capital, where an LLM's lead-in ("Here's a simple routine:") meets a sentence;
-# or a bare full stop before a lowercase letter (group 1), where chat-style text starts a sentence
-# in lowercase ("Here are the tips. and that is ..."); that one counts only after a word, never
-# after a possible abbreviation ("e.g. the", "approx. three") or a quote ('"Stop." and he left').
+# or a full stop right after a letter, before a lowercase letter (group 1), where chat-style text
+# starts a sentence in lowercase ("Here are the tips. and that is ..."); never after a possible
+# abbreviation ("e.g. the", "2 tbsp. of"), an ellipsis, a quote or a bracket ('"Stop." and he left').
 # A question mark before lowercase stays inside ("A woman running a company? good luck.").
-_INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z])|\.(?=(\s+)[a-z]))(\s+)")
+_INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z])|(?<=[^\W\d_])\.(?=(\s+)[a-z]))(\s+)")
 # A full stop that may end an abbreviation, not a sentence ("the U.S. Army", "No. 1107", "J. K.
-# Rowling", "Sen. Warren"). A piece is rewritten alone only where its cut is not after one; the
-# screen reads the pieces at every cut, so this list costs no recall.
+# Rowling", "Sen. Warren"). A piece is rewritten alone only where its cut is not after one; before
+# a capital the screen still reads the pieces at every cut, so there the list costs no recall.
 _ABBREVIATION = re.compile(
     r"(?:\b[A-Za-z]\.(?:[A-Za-z]\.)+|\b[A-Z]\.|\b(?:no|nos|dr|mr|mrs|ms|prof|sen|rep|gov|gen|lt|col|capt|sgt"
-    r"|rev|mx|st|mt|ave|vs|etc|approx|inc|ltd|co|corp|jr|sr|fig|figs|vol|art|sec|ch|eq|dept|jan|feb|mar|apr|jun"
+    r"|rev|mx|st|mt|ave|vs|etc|approx|inc|incl|esp|est|avg|misc|min|max|hr|hrs|ft|lb|lbs|oz|tbsp|tsp|ltd"
+    r"|co|corp|jr|sr|fig|figs|vol|art|sec|ch|eq|dept|jan|feb|mar|apr|jun"
     r"|jul|aug|sep|sept|oct|nov|dec|pp?|ca|cf|al|ph\.d)\.)$",
     re.IGNORECASE,
 )
