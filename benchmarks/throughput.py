@@ -12,6 +12,7 @@ and a float32 matmul measured in the same run says how many FLOPs per second the
     python benchmarks/throughput.py --out runs/throughput.json
     python benchmarks/throughput.py --workloads short --texts 64 --engine mbias-270m --judge embedded
     python benchmarks/throughput.py --escalate mbias-1.5b            # the flagged ones to a second engine
+    python benchmarks/throughput.py --workloads short --latency 16   # and one text at a time, warm
 """
 
 from __future__ import annotations
@@ -118,6 +119,26 @@ def batch_equality(records: list[dict], engine: str, count: int) -> tuple[list[t
     return [(a[0], b[0]) for a, b in zip(batched, alone) if a != b], len(prompts)
 
 
+def latency(records: list[dict], engine: str, judge: str, escalate: str, count: int) -> list[float]:
+    """Seconds per text, one text per call, in a warm process (every model loaded by a first call
+    on a hateful text): what a caller of ``Debiaser.debias([text])`` or of the HTTP API waits."""
+    from mbias import config
+    from mbias.intervene import Debiaser, DebiasSettings
+
+    debiaser = Debiaser(
+        engine, judge=config.default_judge(judge), settings=DebiasSettings(escalate=escalate or None)
+    )
+    debiaser.debias([records[0]["text"]])
+    if escalate:
+        debiaser.escalation_engine()  # loaded before timing, as `serve` does at start
+    seconds = []
+    for record in records[1 : count + 1]:
+        start = time.perf_counter()
+        debiaser.debias([record["text"]])
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def report(name: str, result: dict, gflops: float, params: float) -> None:
     loop, texts = result["loop"], result["texts"]
     stages = sorted(result["stages"].items(), key=lambda item: -item[1][0])
@@ -162,6 +183,7 @@ def main() -> None:
     parser.add_argument("--escalate", default="", help="a second engine for what the first leaves flagged")
     parser.add_argument("--params", type=float, default=268e6, help="the rewriter's parameter count")
     parser.add_argument("--equal", type=int, default=16, help="prompts checked batched vs one at a time")
+    parser.add_argument("--latency", type=int, default=0, help="short texts timed one at a time, warm")
     parser.add_argument("--out")
     args = parser.parse_args()
     gflops = matmul_gflops()
@@ -171,6 +193,11 @@ def main() -> None:
     for name in args.workloads.split(","):
         results[name] = run_job(makers[name](), args.engine, args.judge, args.batch_size, args.escalate)
         report(name, results[name], gflops, args.params)
+    if args.latency:
+        waits = sorted(latency(short_texts(args.texts), args.engine, args.judge, args.escalate, args.latency))
+        median, worst = waits[len(waits) // 2], waits[int(0.9 * (len(waits) - 1))]
+        print(f"\none text at a time, warm: median {median:.2f} s, p90 {worst:.2f} s ({len(waits)} texts)")
+        results["latency"] = {"median_s": median, "p90_s": worst, "seconds": waits}
     if args.equal:
         differ, compared = batch_equality(short_texts(args.texts), args.engine, args.equal)
         print(
