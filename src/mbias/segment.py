@@ -39,11 +39,13 @@ _URL = re.compile(r"(?:https?://|ftp://|www\.)[^\s<>()\[\]`]+[^\s<>()\[\]`.,;:!?
 _WORD = re.compile(r"\w")
 # An end of sentence inside one blingfire left whole: punctuation, space, then a capital or digit;
 # or a colon before a capital, where an LLM's lead-in ("Here's a simple routine:") meets a sentence;
-# or a full stop right after a letter, before a lowercase letter (group 1), where chat-style text
+# or a full stop right after a letter, before a lowercase letter ("lower"), where chat-style text
 # starts a sentence in lowercase ("Here are the tips. and that is ..."); never after a possible
 # abbreviation ("e.g. the", "2 tbsp. of"), an ellipsis, a quote or a bracket ('"Stop." and he left').
 # A question mark before lowercase stays inside ("A woman running a company? good luck.").
-_INNER_END = re.compile(r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z])|(?<=[^\W\d_])\.(?=(\s+)[a-z]))(\s+)")
+_INNER_END = re.compile(
+    r"(?:[.!?][\"')\]]*(?=\s+[A-Z0-9])|:(?=\s+[A-Z])|(?P<lower>(?<=[^\W\d_])\.)(?=\s+[a-z]))(?P<space>\s+)"
+)
 # A full stop that may end an abbreviation, not a sentence ("the U.S. Army", "No. 1107", "J. K.
 # Rowling", "Sen. Warren"). A piece is rewritten alone only where its cut is not after one; before
 # a capital the screen still reads the pieces at every cut, so there the list costs no recall.
@@ -183,9 +185,9 @@ def pieces(sentence: str, min_words: int = 3, splice: bool = False) -> list[tupl
     ends = [
         m
         for m in _INNER_END.finditer(masked)
-        if not ((splice or m.group(1)) and _ABBREVIATION.search(masked, 0, m.start(2)))
+        if not ((splice or m["lower"]) and _ABBREVIATION.search(masked, 0, m.start("space")))
     ]
-    cuts = [0, *(x for m in ends for x in m.span(2)), len(sentence)]
+    cuts = [0, *(x for m in ends for x in m.span("space")), len(sentence)]
     spans: list[tuple[int, int]] = []
     pending: int | None = None  # start of short pieces waiting to join the next one
     for start, end in zip(cuts[::2], cuts[1::2]):
