@@ -11,7 +11,7 @@ from mbias.errors import MbiasError
 from mbias.intervene import REASON_CLEAN, REASON_NO_REWRITE, REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
 from mbias.judges import head_margin
 from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render, repeats_itself
-from mbias.records import RecordWriter, read_records, write_records
+from mbias.records import RecordWriter, read_records, texts_to_records, write_records
 from mbias.splits import bucket, is_dev, is_heldout, paper_test_set
 from tests.doubles import FixedJudge, ScriptedEngine
 
@@ -592,3 +592,42 @@ def test_an_engine_that_fails_on_everything_stops_the_job():
     debiaser = Debiaser(_FailsOn(""), judge=FixedJudge(), prompt_style="mbias")
     with pytest.raises(RuntimeError, match="decode failed"):
         debiaser.debias(["you idiot, fix it", "another idiot"])
+
+
+def test_flagged_sentences_of_mostly_clean_batches_wait_to_share_one_generate_call(monkeypatch):
+    """Batches are screened one by one, but their few flagged units wait until the decoder's rows
+    fill (batch_size units) or MAX_WAITING_BATCHES batches have waited: then one call."""
+    from mbias import intervene
+
+    engine = ScriptedEngine(["a calm rewrite"])
+    debiaser = Debiaser(
+        engine, judge=FixedJudge(), prompt_style="mbias", settings=DebiasSettings(batch_size=4)
+    )
+    # one flagged record in every batch of 4: three batches wait, then all three units go together
+    texts = ["you idiot", "The printer is slow.", "It rains.", "Tea is hot."] * 3
+    seen = []
+    for batch in debiaser.stream(texts_to_records(texts)):
+        seen.append((len(batch), len(engine.calls)))
+    assert [len(call) for call in engine.calls] == [3]
+    assert seen == [(4, 1), (4, 1), (4, 1)]  # each batch still comes back on its own, in order
+    # four flagged units fill the rows: the call happens before the next batch is screened
+    engine.calls.clear()
+    records = debiaser.debias(["idiot a", "idiot b", "idiot c", "idiot d", "idiot e", "a calm day"])
+    assert [len(call) for call in engine.calls] == [4, 1]
+    assert [r["action"] == "kept" for r in records] == [False] * 5 + [True]
+    # a bound on the records held unwritten, whether or not the rows fill
+    engine.calls.clear()
+    monkeypatch.setattr(intervene, "MAX_WAITING_BATCHES", 2)
+    debiaser.debias(["The printer is slow.", "It rains.", "Tea is hot.", "idiot"] * 5)
+    assert [len(call) for call in engine.calls] == [2, 2, 1]
+
+
+def test_a_record_that_fails_while_batches_wait_is_flagged_alone_and_order_is_kept():
+    debiaser = Debiaser(
+        _FailsOn("POISON"), judge=FixedJudge(), prompt_style="mbias", settings=DebiasSettings(batch_size=2)
+    )
+    texts = ["idiot fix the printer", "it rains", "idiot POISON", "calm", "you idiot fix the printer", "tea"]
+    records = debiaser.debias(texts)
+    assert [r["text"] for r in records] == texts
+    assert [r["action"] for r in records] == ["rewritten", "kept", "flagged", "kept", "rewritten", "kept"]
+    assert records[2]["reason"].startswith("error: RuntimeError")

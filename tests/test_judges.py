@@ -430,6 +430,42 @@ def test_encoder_vectors_do_not_depend_on_batching_or_padding():
 
 
 @pytest.mark.integration
+def test_encoder_batches_texts_of_equal_token_counts_and_pads_each_batch_to_its_own_longest(monkeypatch):
+    """Batches follow token counts, not characters: a short word of many tokens does not share a
+    batch with short sentences of few, so padding stays at its minimum."""
+    import numpy as np
+
+    from mbias.judges import encoder
+
+    # by characters these pair as (4, 5), (15, 12), (10, 19) tokens; by tokens (4, 5), (10, 12), (15, 19)
+    texts = [
+        "Hi there.",
+        "antidisestablishmentarianism",
+        "A b c d e f g h i j k l.",
+        "Pneumonoultramicroscopicsilicovolcanoconiosis",
+        "I am at it if so we go on.",
+        "Yes.",
+    ]
+    tokenizer, session, _, _ = encoder.load_encoder(None)
+    counts = [len(tokenizer.encode(t).ids) for t in texts]
+    widths = []
+
+    class Spy:
+        def run(self, outputs, feed):
+            mask = feed["attention_mask"]
+            assert (mask.sum(1) > 0).all() and mask.shape[1] == mask.sum(1).max()  # padded to its own longest
+            widths.append(mask.shape)
+            return session.run(outputs, feed)
+
+    monkeypatch.setattr(encoder, "load_encoder", lambda adapter=None: (tokenizer, Spy(), 384, 0))
+    vectors = encoder.encode(texts, batch_size=2)
+    ranked = sorted(counts)
+    assert widths == [(2, ranked[1]), (2, ranked[3]), (2, ranked[5])]
+    monkeypatch.undo()
+    assert np.allclose(vectors, np.stack([encoder.encode([t])[0] for t in texts]), atol=1e-5)
+
+
+@pytest.mark.integration
 def test_score_cli_end_to_end_on_a_small_csv(tmp_path):
     import pandas as pd
 

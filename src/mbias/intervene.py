@@ -36,6 +36,9 @@ REASON_NO_PROSE = "no prose to check (code, tables or markup only)"
 REASON_SUSPECT_KEPT = "under the threshold, and no rewrite cleared the screen"
 RETRIED_REASONS = (REASON_NO_REWRITE, REASON_UNSAFE, REASON_LOST_MEANING)
 GRANULARITIES = ("auto", "sentence", "text")
+# Screened batches whose flagged units may wait for later batches' before one generate call: a
+# bound on the records a job holds unwritten (with batch_size 32, 256 records).
+MAX_WAITING_BATCHES = 8
 
 
 @dataclass
@@ -115,6 +118,15 @@ class Unit:
     retried: bool = False
     escalated: bool = False
     pieces: list[Unit] = field(default_factory=list)  # its flagged pieces, when only they are rewritten
+
+
+@dataclass
+class _Screened:
+    """A batch between screen and rewrite: its records (copies), their units, the units to rewrite."""
+
+    out: list[Record]
+    units: list[list[Unit]]
+    todo: list[Unit]
 
 
 class Debiaser:
@@ -223,10 +235,47 @@ class Debiaser:
         return [r for batch in self.stream(records) for r in batch]
 
     def stream(self, records: list[Record]) -> Iterator[list[Record]]:
-        """Yields finished batches in input order, so callers can write them as they go."""
+        """Yields finished batches in input order, so callers can write them as they go.
+
+        Each batch of ``batch_size`` records is screened at once; its flagged units then wait for
+        the next batches' until ``batch_size`` units (the decoder's rows) are waiting, or
+        ``MAX_WAITING_BATCHES`` batches, so mostly clean answers share one generate call instead
+        of paying one each (100 clean long answers: 4 calls of 2-11 rows took 3.2 s, one call of 19
+        rows 2.0 s). A batch that fails is done again record by record (``process_batch``)."""
         size = max(1, self.settings.batch_size)
+        waiting: list[tuple[list[Record], _Screened]] = []
         for start in range(0, len(records), size):
-            yield self.process_batch(records[start : start + size])
+            batch = records[start : start + size]
+            try:
+                waiting.append((batch, self._screen_batch(batch)))
+            except EscalationUnavailable:
+                raise
+            except Exception:  # done again below, record by record, in input order
+                yield from self._complete_waiting(waiting)
+                waiting = []
+                yield self.process_batch(batch)
+                continue
+            rows = sum(len(screened.todo) for _, screened in waiting)
+            if rows >= size or len(waiting) >= MAX_WAITING_BATCHES:
+                yield from self._complete_waiting(waiting)
+                waiting = []
+        yield from self._complete_waiting(waiting)
+
+    def _complete_waiting(self, waiting: list[tuple[list[Record], _Screened]]) -> Iterator[list[Record]]:
+        """Rewrites the waiting batches' units in one go and yields each batch finished; when that
+        fails, each batch goes through ``process_batch`` again."""
+        if not waiting:
+            return
+        try:
+            self._complete([screened for _, screened in waiting])
+        except EscalationUnavailable:
+            raise
+        except Exception:
+            for batch, _ in waiting:
+                yield self.process_batch(batch)
+            return
+        for _, screened in waiting:
+            yield screened.out
 
     def process_batch(self, batch: list[Record]) -> list[Record]:
         """The batch's records, finished, in input order. When the batch fails, each record is tried
@@ -258,6 +307,13 @@ class Debiaser:
             return results
 
     def _process(self, batch: list[Record]) -> list[Record]:
+        screened = self._screen_batch(batch)
+        self._complete([screened])
+        return screened.out
+
+    def _screen_batch(self, batch: list[Record]) -> _Screened:
+        """Copies of a batch's records, cut into units and screened in one judge call; ``todo``
+        holds the units to rewrite."""
         out = [dict(r) for r in batch]
         per_record: list[list[Unit]] = []
         todo: list[Unit] = []
@@ -281,13 +337,17 @@ class Debiaser:
                 else:  # a suspect keeps its text unless a rewrite clears the screen, and none can be tried
                     unit.action = "kept"
                     unit.reason = REASON_SUSPECT_KEPT if self.settings.screen else REASON_PROTECTED
-        todo = [u for u in todo if u.rewritable]
+        return _Screened(out, per_record, [u for u in todo if u.rewritable])
+
+    def _complete(self, batches: list[_Screened]) -> None:
+        """Rewrites the units of screened batches together, then splices each record."""
+        todo = [unit for screened in batches for unit in screened.todo]
         if todo:
             self._rewrite(todo)
         with stage("splice"):
-            for record, units in zip(out, per_record):
-                self._finish(record, units)
-        return out
+            for screened in batches:
+                for record, units in zip(screened.out, screened.units):
+                    self._finish(record, units)
 
     def _screen(self, todo: list[Unit]) -> list[Unit]:
         """Scores every unit in one judge call and returns the units to rewrite. A sentence the

@@ -126,8 +126,8 @@ def onnx_model(adapter: Path | None = None) -> Path:
 
 
 @functools.cache
-def load_encoder(adapter: Path | None = None) -> tuple[Any, Any, int]:
-    """(tokenizer, ONNX Runtime session, hidden size), from the package's directory and the cache."""
+def load_encoder(adapter: Path | None = None) -> tuple[Any, Any, int, int]:
+    """(tokenizer, ONNX Runtime session, hidden size, pad id), from the package's directory and the cache."""
     with stage("load"):
         import onnxruntime
         from tokenizers import Tokenizer
@@ -135,31 +135,36 @@ def load_encoder(adapter: Path | None = None) -> tuple[Any, Any, int]:
         directory = model_dir()
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         tokenizer.enable_truncation(max_tokens(directory))
+        tokenizer.no_padding()  # tokenizer.json pads to 128; encode pads each batch to its own longest
         model_config = json.loads((directory / "config.json").read_text())
-        pad = model_config.get("pad_token_id", 0)
-        tokenizer.enable_padding(pad_id=pad, pad_token=tokenizer.id_to_token(pad))
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about the graph are ours to read, not the user's
         session = onnxruntime.InferenceSession(
             str(onnx_model(adapter)), options, providers=["CPUExecutionProvider"]
         )
-        return tokenizer, session, model_config["hidden_size"]
+        return tokenizer, session, model_config["hidden_size"], model_config.get("pad_token_id", 0)
 
 
 def encode(texts: list[str], adapter: Path | None = None, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Unit-length float32 embeddings, one row per text (so a dot product is the cosine)."""
-    tokenizer, session, hidden = load_encoder(adapter)
+    tokenizer, session, hidden, pad = load_encoder(adapter)
     rows = np.zeros((len(texts), hidden), dtype=np.float32)
-    # Similar lengths share a batch, so little compute goes to padding; rows go back in input order.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    encoded = tokenizer.encode_batch(list(texts))
+    # Texts of equal token counts share a batch, padded to their own longest, so almost no compute
+    # goes to padding. Sorted by characters, the 100 clean long answers' sentences were padded to
+    # 1.57x their tokens (43,713 for 27,807; now 30,017) and took 3.45 s to embed, now 2.05 s.
+    # Rows go back in input order.
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        encoded = tokenizer.encode_batch([texts[i] for i in chunk])
-        feed = {
-            "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encoded], dtype=np.int64),
-        }
+        width = max(len(encoded[i].ids) for i in chunk)
+        feed = {name: np.zeros((len(chunk), width), dtype=np.int64) for name in INPUTS}
+        feed["input_ids"][:] = pad
+        for row, i in enumerate(chunk):
+            ids = encoded[i].ids
+            feed["input_ids"][row, : len(ids)] = ids
+            feed["attention_mask"][row, : len(ids)] = 1
+            feed["token_type_ids"][row, : len(ids)] = encoded[i].type_ids
         states = session.run(None, feed)[0]
         mask = feed["attention_mask"][..., None].astype(np.float32)
         pooled = (states * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
