@@ -253,6 +253,46 @@ def test_a_suspects_rewrite_must_clear_the_margin_on_every_head():
     assert (record["action"], record["rewrite"]) == ("rewritten", "people rent flats")
 
 
+class CategoryJudge(TwoHeadJudge):
+    """TwoHeadJudge whose category head is sure only of texts that name "people"."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def resembles_harm(self, texts):
+        self.asked.append(list(texts))
+        return ["people" in t for t in texts]
+
+
+def test_a_suspect_goes_to_the_rewriter_only_when_it_resembles_a_harm():
+    """Under the threshold, over the margin: rewritten only when the judge's category head is
+    sure of it; over the threshold, whatever it resembles; a judge without a category's say sends
+    every suspect, as before. The category head is asked once, about the suspects alone."""
+    settings = DebiasSettings(screen_margin=0.5, retries=0)
+    for text, generated in (
+        ("lazy people rent flats", 1),  # a suspect that resembles a harm
+        ("lazy sourdough rises slowly", 0),  # a suspect that does not: passed as clean
+        ("scum sourdough rises slowly", 1),  # over the threshold
+        ("the bread rises", 0),
+    ):
+        engine, judge = ScriptedEngine(["people rent flats"]), CategoryJudge()
+        [record] = Debiaser(engine, judge=judge, prompt_style="mbias", settings=settings).debias([text])
+        assert len(engine.calls) == generated, text
+        assert judge.asked == ([[text]] if text.startswith("lazy") else []), text
+        if not generated:
+            assert (record["rewrite"], record["reason"]) == (text, REASON_CLEAN)
+    record, engine = two_head_debias("lazy sourdough rises slowly", "sourdough rises slowly")
+    assert len(engine.calls) == 1 and record["action"] == "rewritten"
+    # sentences of an answer: only the suspect that resembles a harm is sent
+    engine = ScriptedEngine(["Many people rent flats."])
+    answer = "Some lazy people rent flats. The lazy sourdough rises slowly. Bread is good."
+    debiaser = Debiaser(engine, judge=CategoryJudge(), prompt_style="mbias", settings=settings)
+    [record] = debiaser.debias([answer])
+    assert len(engine.calls[0]) == 1 and "Text: Some lazy people rent flats." in engine.calls[0][0]
+    assert record["rewrite"] == "Many people rent flats. The lazy sourdough rises slowly. Bread is good."
+
+
 @pytest.mark.parametrize(
     "settings, message",
     [

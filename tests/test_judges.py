@@ -116,6 +116,46 @@ def test_is_unsafe_uses_each_heads_own_threshold():
     assert judge.is_unsafe({"toxicity": 0.3, "bias": 0.0}, margin={"bias": 0.5})
 
 
+def category_head(threshold: float = 0.5) -> Head:
+    """A softmax over the ten harm categories: the first scores 8 * x[3], the others 0."""
+    from mbias.judges.categories import CATEGORIES
+
+    weight = np.zeros((DIM, len(CATEGORIES)), dtype=np.float32)
+    weight[3, 0] = 8.0
+    bias = np.zeros(len(CATEGORIES), dtype=np.float32)
+    return Head(layers=[(weight, bias)], threshold=threshold, kind="softmax", labels=list(CATEGORIES))
+
+
+def test_the_category_heads_top_probability_decides_what_resembles_a_harm(monkeypatch):
+    head = category_head(0.5)
+    top = head.top_probability(np.stack([unit(3), unit(2), 0.25 * unit(3)]))
+    assert top == pytest.approx([np.e**8 / (np.e**8 + 9), 0.1, np.e**2 / (np.e**2 + 9)], rel=1e-5)
+    heads = hand_heads()
+    heads.category = head
+    monkeypatch.setattr(embedded_module, "encode", CountingEncoder({"sure": unit(3), "unsure": unit(2)}))
+    assert EmbeddedJudge(heads=heads).resembles_harm(["sure", "unsure"]) == [True, False]
+    heads.category = None  # no category head: no say, every suspect goes on
+    assert EmbeddedJudge(heads=heads).resembles_harm(["sure", "unsure"]) == [True, True]
+
+
+def test_the_suspect_threshold_keeps_nine_in_ten_biased_suspects_of_the_dev_split():
+    """Only biased texts the default screen catches by its margin alone count (bias head: logit
+    10 x[1] - 5, threshold 0.5, margin 0.35); fair suspects and flagged texts do not."""
+    from mbias.judges.categories import suspect_threshold
+
+    heads = hand_heads()
+    heads.category = category_head()
+    suspect = [0.4 * unit(1) + (i / 20) * unit(3) for i in range(20)]  # bias score 0.27, in the band
+    others = [unit(1), 0.4 * unit(1), 0.4 * unit(1) + unit(3), np.zeros(DIM, dtype=np.float32)]
+    rows = np.stack(suspect + others).astype(np.float32)
+    labels = [1] * 20 + [1, 0, 0, 1]  # flagged; a fair suspect, sure or not; a clean text
+    dev = [Example(f"text {i}", label, "dev") for i, label in enumerate(labels)]
+    threshold = suspect_threshold(heads, dev, rows)
+    top = heads.category.top_probability(np.stack(suspect))
+    assert (top >= threshold).sum() >= 18 and (top >= threshold + 0.01).sum() < 18
+    assert suspect_threshold(heads, dev[20:], rows[20:]) == 0.0  # no biased suspect: every one goes on
+
+
 class CountingEncoder:
     """Stands in for the sentence encoder: a fixed vector per text, and a log of what it encoded."""
 

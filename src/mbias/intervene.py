@@ -364,15 +364,25 @@ class Debiaser:
             read = [p for p in (pieces(unit.text) if split else []) if p not in rewritable]
             spans.append(([(0, len(unit.text)), *rewritable, *read], len(rewritable)))
         scores = iter(self.judge.score([u.text[a:b] for u, (sp, _) in zip(todo, spans) for a, b in sp]))
+        scored = [(unit, sp, n, [next(scores) for _ in sp]) for unit, (sp, n) in zip(todo, spans)]
+        # what only the margin catches must also resemble a harm (the judge's category head)
+        mild = [unit.text[a:b] for unit, sp, _, own in scored for (a, b), s in zip(sp, own) if self._mild(s)]
+        check = getattr(self.judge, "resembles_harm", None)
+        harm_like = dict(zip(mild, check(mild))) if mild and check and self.settings.screen else {}
+
+        def caught(unit: Unit, span: tuple[int, int], score: dict[str, float]) -> bool:
+            return self.judge.is_unsafe(score) or (
+                self._caught(score) and harm_like.get(unit.text[span[0] : span[1]], True)
+            )
+
         remaining = []
-        for unit, (sp, n) in zip(todo, spans):
-            own = [next(scores) for _ in sp]
+        for unit, sp, n, own in scored:
             unit.before = {k: round(max(s[k] for s in own), 4) for k in own[0]}
-            if not self.settings.screen or self._caught(unit.before):
+            if not self.settings.screen or any(caught(unit, span, s) for span, s in zip(sp, own)):
                 flagged = [
                     self._piece(unit, a, b, score)
                     for (a, b), score in zip(sp[1 : 1 + n], own[1 : 1 + n])
-                    if self._caught(score)
+                    if caught(unit, (a, b), score)
                 ]
                 # When the whole is over the threshold, a piece must be too: harm that only the
                 # pieces together carry ("... women at the wheel: They cannot park.") stays one unit.
@@ -384,6 +394,10 @@ class Debiaser:
             else:
                 unit.reason = REASON_CLEAN
         return remaining
+
+    def _mild(self, scores: dict[str, float]) -> bool:
+        """Caught by the screen's margin only: a suspect, under every threshold."""
+        return self._caught(scores) and not self.judge.is_unsafe(scores)
 
     def _caught(self, scores: dict[str, float]) -> bool:
         """Whether the screen stops these scores: any head at its threshold, or one of

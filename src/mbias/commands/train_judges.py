@@ -70,14 +70,15 @@ def train_judges(
     if encoder not in ("tune", "frozen"):
         raise MbiasError(f"--encoder must be 'tune' or 'frozen', not {encoder!r}")
     judge_dir = judge_data if judge_data.is_dir() else None
-    if heads == "category":
-        shipped = HeadSet.load(output / "heads.json")
-        _train_category(shipped, EmbeddingCache(adapter=shipped.adapter), pairs, data, judge_dir)
-        console.print(f"wrote {shipped.save(output)}")
-        return
     if reads is not None and not reads.is_dir():
         raise MbiasError(f"--reads {reads}: not a folder")
     pools, dropped = head_pools(data, pairs, judge_dir, reads)
+    if heads == "category":
+        shipped = HeadSet.load(output / "heads.json")
+        cache = EmbeddingCache(adapter=shipped.adapter)
+        _train_category(shipped, cache, pairs, data, judge_dir, pools["bias"])
+        console.print(f"wrote {shipped.save(output)}")
+        return
     categories = category_examples(pairs, data, judge_dir)
     adapter = output / ENCODER_ADAPTER
     if adapter.exists():
@@ -130,7 +131,7 @@ def train_judges(
         "validation": report,
         "thresholds": thresholds,
     }
-    _train_category(headset, cache, pairs, data, judge_dir, categories)
+    _train_category(headset, cache, pairs, data, judge_dir, pools["bias"], categories)
     path = headset.save(output)
     for name in trained:
         valid = report[name]["validation_at_threshold"]
@@ -161,12 +162,24 @@ def _tune(pools: dict, categories: list, adapter: Path, epochs: float) -> dict[s
 
 
 def _train_category(
-    headset: Any, cache: Any, pairs: Path, data: Path, judge_dir: Path | None, examples: list | None = None
+    headset: Any,
+    cache: Any,
+    pairs: Path,
+    data: Path,
+    judge_dir: Path | None,
+    bias_pool: list,
+    examples: list | None = None,
 ) -> None:
-    """Fit the harm-category head on the training side, report it on the held-out side, attach it."""
+    """Fit the harm-category head on the training side, report it on the held-out side, choose its
+    threshold for the screen's suspects on the bias head's dev split, attach it."""
     import numpy as np
 
-    from mbias.judges.categories import category_examples, category_report, fit_category_head
+    from mbias.judges.categories import (
+        category_examples,
+        category_report,
+        fit_category_head,
+        suspect_threshold,
+    )
 
     examples = examples if examples is not None else category_examples(pairs, data, judge_dir)
     _embed_with_progress(cache, [e.text for e in examples])
@@ -179,7 +192,13 @@ def _train_category(
         headset.category, cache.embed([e.text for e in valid]), np.array([e.label for e in valid])
     )
     headset.metadata.setdefault("validation", {})["category"] = {"train": len(train), "held_out": report}
-    console.print(f"category: held-out accuracy {report['accuracy']} on {report['n']} texts")
+    dev = [e for e in bias_pool if e.dev]
+    _embed_with_progress(cache, [e.text for e in dev])
+    headset.category.threshold = suspect_threshold(headset, dev, cache.embed([e.text for e in dev]))
+    console.print(
+        f"category: held-out accuracy {report['accuracy']} on {report['n']} texts; a suspect goes to the "
+        f"rewriter from top probability {headset.category.threshold} (dev)"
+    )
 
 
 def _embed_with_progress(cache: Any, texts: list[str]) -> None:

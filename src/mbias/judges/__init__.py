@@ -28,6 +28,12 @@ class Judge(Protocol):
         None where the judge cannot tell. Asked only about texts already judged unsafe."""
         ...
 
+    def resembles_harm(self, texts: list[str]) -> list[bool]:
+        """Per text: whether it clearly resembles one harm category (a group it targets, or an
+        insult). The screen sends a suspect (under the threshold, over the margin) to the rewriter
+        only when it does; True where the judge cannot tell."""
+        ...
+
     def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
         """True when any score is at or above its head's margin (``head_margin``) times the
         judge's calibrated threshold (a margin below 1 makes a screen that lets fewer unsafe texts

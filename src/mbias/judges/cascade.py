@@ -90,5 +90,8 @@ class CascadeJudge:
     def categorise(self, texts: list[str]) -> list[str | None]:
         return self.first.categorise(texts)
 
+    def resembles_harm(self, texts: list[str]) -> list[bool]:
+        return self.first.resembles_harm(texts)
+
     def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
         return self.first.is_unsafe(scores, margin)

@@ -5,6 +5,11 @@ head is trained on the bias set's rewritten sentences, whose ``dimension`` field
 they target, plus ParaDetox's toxic sentences as ``insult or profanity``; held-out texts
 (mbias.splits) give its accuracy. It names a category for any text, so it is only asked about
 sentences the toxicity and bias heads already flagged.
+
+How sure it is says something too: a sentence the bias head only suspects (under its threshold,
+over the screen's margin) that resembles no category clearly is plain prose more often than a
+stereotype put mildly. The screen rewrites a suspect only when the head's top probability reaches
+its threshold, chosen on the dev split (``suspect_threshold``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mbias.judges.heads import Head
+from mbias.judges.heads import Head, HeadSet
 from mbias.judges.train_data import Example, paradetox
 
 CATEGORIES = (
@@ -45,6 +50,8 @@ DIMENSION_TO_CATEGORY = {
     "appearance": "insult or profanity",  # mockery of looks: no group category of its own
     "toxicity": "insult or profanity",
 }
+# Share of the dev split's biased suspects the category threshold must keep for the rewriter.
+SUSPECT_RECALL = 0.9
 PARADETOX_SAMPLE = 1500  # toxic sentences for the insult class, about the size of the larger groups
 
 
@@ -95,3 +102,31 @@ def category_report(head: Head, features: np.ndarray, labels: np.ndarray) -> dic
         "by_category": per,
         "counts": dict(Counter(CATEGORIES[i] for i in labels.tolist())),
     }
+
+
+def suspect_threshold(headset: HeadSet, dev: list[Example], embeddings: np.ndarray) -> float:
+    """The category head's threshold: the highest top probability (two decimals, rounded down)
+    that keeps ``SUSPECT_RECALL`` of the biased texts among ``dev``'s suspects, the texts the
+    Debiaser's default screen catches only by its margin. Fair suspects are not part of the rule:
+    on the dev split they are mostly fair rewrites that name their group, as sure as the biased
+    ones; what the rule buys is read off plain LLM prose (docs/lab/results-log.md). Without a
+    biased suspect on dev, 0 (every suspect goes to the rewriter)."""
+    import math
+
+    from mbias.intervene import DebiasSettings
+    from mbias.judges.embedded import EmbeddedJudge
+
+    settings = DebiasSettings()
+    band = dict.fromkeys(settings.screen_margin_heads, settings.screen_margin)
+    judge = EmbeddedJudge(heads=headset)
+    scores = judge.score_embeddings(embeddings)
+    suspects = [
+        i
+        for i, (example, score) in enumerate(zip(dev, scores))
+        if example.label == 1 and judge.is_unsafe(score, margin=band) and not judge.is_unsafe(score)
+    ]
+    if not suspects or headset.category is None:
+        return 0.0
+    top = np.sort(headset.category.top_probability(embeddings[suspects]))
+    allowed = math.floor(len(top) * (1 - SUSPECT_RECALL) + 1e-9)  # suspects the threshold may lose
+    return math.floor(float(top[allowed]) * 100) / 100

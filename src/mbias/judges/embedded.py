@@ -79,6 +79,15 @@ class EmbeddedJudge:
             return [None] * len(texts)
         return list(self.heads.category.predict_labels(self.embed(list(texts)))) if texts else []
 
+    def resembles_harm(self, texts: list[str]) -> list[bool]:
+        """Whether each text is clearly one of the harm categories: the category head's top
+        probability at or above its threshold (chosen on the dev split,
+        ``mbias.judges.categories.suspect_threshold``). True for every text without a category head."""
+        if self.heads.category is None or not texts:
+            return [True] * len(texts)
+        top = self.heads.category.top_probability(self.embed(list(texts)))
+        return [bool(p >= self.heads.category.threshold) for p in top]
+
     def labels(self, scores: dict[str, float]) -> dict[str, int]:
         """0/1 per head at its calibrated threshold."""
         return {name: int(scores[name] >= threshold) for name, threshold in self.thresholds.items()}

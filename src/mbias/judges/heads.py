@@ -48,6 +48,16 @@ class Head:
         weight, bias = self.layers[0]
         return np.argmax(hidden @ weight + bias, axis=1)
 
+    def top_probability(self, embeddings: np.ndarray) -> np.ndarray:
+        """A softmax head's probability of its most likely class per row: how clearly a text is
+        one of its classes rather than none of them."""
+        hidden = np.asarray(embeddings, dtype=np.float32)
+        weight, bias = self.layers[0]
+        logits = hidden @ weight + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        odds = np.exp(logits)
+        return odds.max(axis=1) / odds.sum(axis=1)
+
     def predict_labels(self, embeddings: np.ndarray) -> list[str]:
         return [self.labels[i] for i in self.predict_index(embeddings)] if self.labels else []
 

@@ -274,11 +274,18 @@ class LLMJudge:
     def categorise(self, texts: list[str]) -> list[str | None]:
         """The harm category from the embedded category head, like ``similarity``: one encoder
         pass, no model calls."""
+        return self._category_judge().categorise(texts)
+
+    def resembles_harm(self, texts: list[str]) -> list[bool]:
+        """The embedded category head's confidence, as for ``categorise``."""
+        return self._category_judge().resembles_harm(texts)
+
+    def _category_judge(self) -> Any:
         if self._categoriser is None:  # loaded once, on first use
             from mbias.judges.embedded import EmbeddedJudge
 
             self._categoriser = EmbeddedJudge()
-        return self._categoriser.categorise(texts)
+        return self._categoriser
 
     def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
         """Unsafe at or above the head's margin x the threshold, and when a score is missing:
