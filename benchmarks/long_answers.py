@@ -170,11 +170,30 @@ def compare_modes(debiaser, answers: list[Answer], n: int, seed: int) -> dict:
         figures[f"seconds per {label} answer, sentence mode / text mode"] = (
             f"{s:.3f} / {t:.3f} ({t / s:.1f}x)"
         )
+        figures[f"{label} answers: whole-text mode's judge reads"] = text_mode_reads(group)
         figures[f"{label}: judge / generation seconds, sentence (text) mode"] = (
             f"{judge['sentence'] / len(group):.3f} ({judge['text'] / len(group):.3f}) / "
             f"{generation['sentence'] / len(group):.3f} ({generation['text'] / len(group):.3f})"
         )
     return figures
+
+
+def text_mode_reads(answers: list[Answer]) -> str:
+    """How much of the answers the whole-text judge reads: its encoder stops at 256 tokens, which
+    is why whole-text mode's screen costs about what sentence mode's does."""
+    from tokenizers import Tokenizer
+
+    from mbias.judges.encoder import max_tokens, model_dir
+
+    tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    window = max_tokens(model_dir())
+    lengths = [len(e.ids) for e in tokenizer.encode_batch([a.markdown for a in answers])]
+    read = sum(min(n, window) for n in lengths)
+    cut = sum(n > window for n in lengths)
+    share = 100 * read / sum(lengths)
+    return f"{share:.0f} % of their tokens ({cut} of {len(answers)} answers cut at {window})"
 
 
 def warm_debiaser(engine, judge_spec: str, knobs: dict, granularity: str):
