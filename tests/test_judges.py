@@ -138,6 +138,18 @@ def test_the_category_heads_top_probability_decides_what_resembles_a_harm(monkey
     assert EmbeddedJudge(heads=heads).resembles_harm(["sure", "unsure"]) == [True, True]
 
 
+def test_a_category_threshold_saved_before_it_gated_suspects_gates_none(tmp_path):
+    heads = hand_heads()
+    heads.category = category_head(0.38)
+    heads.save(tmp_path)
+    assert HeadSet.load(tmp_path / "heads.json").category.threshold == 0.38
+    document = json.loads((tmp_path / "heads.json").read_text())
+    del document["category"]["gates_suspects"]  # as written before: 0.5, unused
+    document["category"]["threshold"] = 0.5
+    (tmp_path / "heads.json").write_text(json.dumps(document))
+    assert HeadSet.load(tmp_path / "heads.json").category.threshold == 0.0
+
+
 def test_the_suspect_threshold_keeps_nine_in_ten_biased_suspects_of_the_dev_split():
     """Only biased texts the default screen catches by its margin alone count (bias head: logit
     10 x[1] - 5, threshold 0.5, margin 0.35); fair suspects and flagged texts do not."""

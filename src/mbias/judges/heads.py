@@ -86,6 +86,8 @@ class HeadSet:
             described[name] = {"kind": head.kind, "n_layers": len(head.layers), "threshold": head.threshold}
             if head.labels:
                 described[name]["labels"] = head.labels
+        if self.category:  # its threshold gates the screen's suspects (older files: unused, 0.5)
+            described["category"]["gates_suspects"] = True
         np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
         category = {"category": described.pop("category")} if self.category else {}
         document = {
@@ -116,9 +118,11 @@ class HeadSet:
                 layers = [
                     (weights[f"{name}.W{i}"], weights[f"{name}.b{i}"]) for i in range(int(spec["n_layers"]))
                 ]
+                # a category head saved before its threshold gated suspects gates none
+                gates = name != "category" or spec.get("gates_suspects", False)
                 heads[name] = Head(
                     layers=layers,
-                    threshold=float(spec["threshold"]),
+                    threshold=float(spec["threshold"]) if gates else 0.0,
                     kind=spec["kind"],
                     labels=spec.get("labels"),
                 )
