@@ -533,6 +533,12 @@ def test_an_escalation_engine_that_cannot_load_stops_the_job_once(monkeypatch):
         debiaser.debias(["you idiot"])
     assert tries == ["hf:larger-model"]
     assert debiaser.debias(["the printer is fixed"])[0]["action"] == "kept"  # clean text still flows
+    # nor when another record of the batch fails too: the record-by-record retry does not flag it
+    failing = _FailsOn("POISON")
+    failing.outputs = ["x"]
+    debiaser = Debiaser(failing, judge=FixedJudge(), prompt_style="mbias", settings=settings)
+    with pytest.raises(EscalationUnavailable):
+        debiaser.process_batch(texts_to_records(["idiot POISON", "you idiot"]))
 
 
 def test_debiaser_flags_empty_and_too_long_inputs():
@@ -655,6 +661,13 @@ def test_flagged_sentences_of_mostly_clean_batches_wait_to_share_one_generate_ca
     records = debiaser.debias(["idiot a", "idiot b", "idiot c", "idiot d", "idiot e", "a calm day"])
     assert [len(call) for call in engine.calls] == [4, 1]
     assert [r["action"] == "kept" for r in records] == [False] * 5 + [True]
+    # a batch with nothing to rewrite is not held back behind the ones that wait
+    engine.calls.clear()
+    seen = []
+    clean = ["It rains.", "Tea is hot.", "Calm.", "Sun."]
+    for batch in debiaser.stream(texts_to_records(clean + ["idiot", "a", "b", "c"] + clean)):
+        seen.append((batch[0]["text"], len(engine.calls)))
+    assert seen == [("It rains.", 0), ("idiot", 1), ("It rains.", 1)]  # the last waits behind the second
     # a bound on the records held unwritten, whether or not the rows fill
     engine.calls.clear()
     monkeypatch.setattr(intervene, "MAX_WAITING_BATCHES", 2)

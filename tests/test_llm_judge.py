@@ -238,6 +238,16 @@ def test_threshold_mapping_is_monotone_and_keeps_the_decision():
         CascadeJudge(FixedJudge({}), LLMJudge(GarbageEngine()), band=(0.5, 0.9))
 
 
+def test_the_cascade_asks_its_first_judge_what_resembles_a_harm_when_it_can():
+    class Sure(FixedJudge):
+        def resembles_harm(self, texts):
+            return ["people" in t for t in texts]
+
+    texts = ["lazy people", "lazy bread"]
+    assert CascadeJudge(Sure({}), LLMJudge(GarbageEngine())).resembles_harm(texts) == [True, False]
+    assert CascadeJudge(FixedJudge({}), LLMJudge(GarbageEngine())).resembles_harm(texts) == [True, True]
+
+
 def test_second_stage_rescores_only_the_uncertain_band_over_http(judge_server):
     spec, seen = judge_server
     texts = {

@@ -255,6 +255,9 @@ class Debiaser:
                 waiting = []
                 yield self.process_batch(batch)
                 continue
+            while waiting and not waiting[0][1].todo:  # nothing to rewrite: out at once, in order
+                yield from self._complete_waiting(waiting[:1])
+                waiting = waiting[1:]
             rows = sum(len(screened.todo) for _, screened in waiting)
             if rows >= size or len(waiting) >= MAX_WAITING_BATCHES:
                 yield from self._complete_waiting(waiting)
@@ -295,6 +298,8 @@ class Debiaser:
             for record in batch:
                 try:
                     results.extend(self._process([record]))
+                except EscalationUnavailable:
+                    raise
                 except Exception as exc:
                     failures += 1
                     reason = f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -364,7 +369,11 @@ class Debiaser:
             read = [p for p in (pieces(unit.text) if split else []) if p not in rewritable]
             spans.append(([(0, len(unit.text)), *rewritable, *read], len(rewritable)))
         scores = iter(self.judge.score([u.text[a:b] for u, (sp, _) in zip(todo, spans) for a, b in sp]))
-        scored = [(unit, sp, n, [next(scores) for _ in sp]) for unit, (sp, n) in zip(todo, spans)]
+        # decided on the scores the record reports (4 decimals), as _bar and the annotator read them
+        scored = [
+            (unit, sp, n, [{k: round(v, 4) for k, v in next(scores).items()} for _ in sp])
+            for unit, (sp, n) in zip(todo, spans)
+        ]
         # what only the margin catches must also resemble a harm (the judge's category head)
         mild = [unit.text[a:b] for unit, sp, _, own in scored for (a, b), s in zip(sp, own) if self._mild(s)]
         check = getattr(self.judge, "resembles_harm", None)
@@ -377,7 +386,7 @@ class Debiaser:
 
         remaining = []
         for unit, sp, n, own in scored:
-            unit.before = {k: round(max(s[k] for s in own), 4) for k in own[0]}
+            unit.before = {k: max(s[k] for s in own) for k in own[0]}
             if not self.settings.screen or any(caught(unit, span, s) for span, s in zip(sp, own)):
                 flagged = [
                     self._piece(unit, a, b, score)

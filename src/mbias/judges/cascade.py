@@ -91,7 +91,8 @@ class CascadeJudge:
         return self.first.categorise(texts)
 
     def resembles_harm(self, texts: list[str]) -> list[bool]:
-        return self.first.resembles_harm(texts)
+        check = getattr(self.first, "resembles_harm", None)  # a first judge of its own may have none
+        return check(texts) if check else [True] * len(texts)
 
     def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
         return self.first.is_unsafe(scores, margin)

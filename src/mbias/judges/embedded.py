@@ -8,6 +8,7 @@ source, so a small memo of recent embeddings per encoder saves encoding a text t
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class EmbeddedJudge:
     def __init__(self, heads_path: str | Path | None = None, heads: HeadSet | None = None):
         self.heads = heads if heads is not None else HeadSet.load(Path(heads_path or HEADS_PATH))
         self._memos: dict[Path | None, OrderedDict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -39,7 +41,13 @@ class EmbeddedJudge:
         return self._vectors(texts, self.heads.adapter)
 
     def _vectors(self, texts: list[str], adapter: Path | None) -> np.ndarray:
-        """Rows from one encoder; each distinct text not in that encoder's memo is encoded once."""
+        """Rows from one encoder; each distinct text not in that encoder's memo is encoded once.
+        One call at a time: ``serve`` scores from its request threads while its model thread
+        screens, and the memo is an OrderedDict."""
+        with self._lock:
+            return self._vectors_unlocked(texts, adapter)
+
+    def _vectors_unlocked(self, texts: list[str], adapter: Path | None) -> np.ndarray:
         memo = self._memos.setdefault(adapter, OrderedDict())
         missing = list(dict.fromkeys(t for t in texts if t not in memo))
         if missing:
