@@ -6,8 +6,10 @@ Held-out sets: the dev splits' biased texts and ToxiGen's neutral ones (300 per 
 116 held-out assistant-voiced statements (docs/lab/judge-v4), the long-answer benchmark's biased
 sentences and its clean sentences, and 1,200 plain LLM prose sentences no shipped model trained on
 (docs/lab/judge-v3, judge-v4). Writes each set's outputs to OUT/<set>.json and one paired blind
-sheet (benchmarks/human_read.py format) of every text one system hands back unchanged and the
-other rewrites: OUT/gate.jsonl. Texts that differ otherwise differ by llama.cpp's batch noise.
+sheet (benchmarks/human_read.py format) of the texts the gate decides (suspects whose category the
+head is unsure of) that one system hands back unchanged and the other rewrites: OUT/gate.jsonl.
+Every other difference is llama.cpp's batch noise (the two systems batch different units), which
+also makes the model copy a flagged text in one run and not in the other.
 
     python docs/lab/suspect_gate.py --out runs/gate
 """
@@ -26,8 +28,9 @@ from mbias.engines import load_engine
 from mbias.eval.answers import build
 from mbias.eval.dev import dev_splits, repo_path
 from mbias.eval.reading import write_rows
-from mbias.intervene import Debiaser
+from mbias.intervene import Debiaser, DebiasSettings
 from mbias.judges.embedded import EmbeddedJudge
+from mbias.segment import pieces
 from mbias.splits import is_heldout
 
 sys.path.insert(0, str(repo_path("benchmarks")))
@@ -41,6 +44,18 @@ def texts_of(name: str) -> list[str]:
         return [r["biased_text"] for r in rows if is_heldout(r["biased_text"])]
     files = (lab / "judge-v3/prose-negatives.jsonl", lab / "judge-v4/prose-broad.jsonl")
     return [json.loads(line)["text"] for f in files for line in f.open()]
+
+
+def decided_by_gate(judge: EmbeddedJudge, text: str) -> bool:
+    """Whether the gate keeps ``text`` from the rewriter: nothing in it over a threshold, and what
+    the margin catches (the text or its pieces) resembles no harm clearly."""
+    parts = [text] + [text[a:b] for a, b in pieces(text)]
+    scores = judge.score(parts)
+    if any(judge.is_unsafe(s) for s in scores):
+        return False
+    band = dict.fromkeys(DebiasSettings().screen_margin_heads, DebiasSettings().screen_margin)
+    mild = [p for p, s in zip(parts, scores) if judge.is_unsafe(s, margin=band)]
+    return bool(mild) and not any(judge.resembles_harm(mild))
 
 
 def long_answer_sentences(debiaser: Debiaser) -> tuple[list[str], list[str]]:
@@ -94,7 +109,7 @@ def main() -> None:
             f"by one system { ({s: len(c) for s, c in copied.items()}) }, seconds {seconds}"
         )
         (out / f"{name}.json").write_text(json.dumps({"texts": texts, **outputs}, ensure_ascii=False))
-        for i in copied["gate"] + copied["nogate"]:
+        for i in [i for i in copied["gate"] + copied["nogate"] if decided_by_gate(gate, texts[i])]:
             for system in outputs:
                 sheet.setdefault((texts[i], outputs[system][i]), []).append(system)
     write_rows(sheet, out / "gate.jsonl", split="suspect-gate", n=len(sheet) // 2, seed=7)
