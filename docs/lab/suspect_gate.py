@@ -53,8 +53,7 @@ def decided_by_gate(judge: EmbeddedJudge, text: str) -> bool:
     scores = judge.score(parts)
     if any(judge.is_unsafe(s) for s in scores):
         return False
-    band = dict.fromkeys(DebiasSettings().screen_margin_heads, DebiasSettings().screen_margin)
-    mild = [p for p, s in zip(parts, scores) if judge.is_unsafe(s, margin=band)]
+    mild = [p for p, s in zip(parts, scores) if judge.is_unsafe(s, margin=DebiasSettings().screen_band)]
     return bool(mild) and not any(judge.resembles_harm(mild))
 
 

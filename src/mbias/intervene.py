@@ -87,6 +87,12 @@ class DebiasSettings:
         if isinstance(self.screen_margin_heads, str):  # ("bias") is a string, not a one-head tuple
             self.screen_margin_heads = (self.screen_margin_heads,)
 
+    @property
+    def screen_band(self) -> dict[str, float]:
+        """The screen's margin per head, as ``Judge.is_unsafe`` takes it: ``screen_margin`` on
+        ``screen_margin_heads``, every other head at its threshold."""
+        return dict.fromkeys(self.screen_margin_heads, self.screen_margin)
+
 
 class InputTooLong(MbiasError):
     pass
@@ -366,32 +372,28 @@ class Debiaser:
         spans = []
         for unit in todo:
             rewritable = pieces(unit.text, splice=True) if split else []
-            read = [p for p in (pieces(unit.text) if split else []) if p not in rewritable]
-            spans.append(([(0, len(unit.text)), *rewritable, *read], len(rewritable)))
-        scores = iter(self.judge.score([u.text[a:b] for u, (sp, _) in zip(todo, spans) for a, b in sp]))
+            others = [p for p in (pieces(unit.text) if split else []) if p not in rewritable]
+            spans.append(([(0, len(unit.text)), *rewritable, *others], len(rewritable)))
+        read = [[u.text[a:b] for a, b in sp] for u, (sp, _) in zip(todo, spans)]
+        scores = iter(self.judge.score([text for texts in read for text in texts]))
         # decided on the scores the record reports (4 decimals), as _bar and the annotator read them
-        scored = [
-            (unit, sp, n, [{k: round(v, 4) for k, v in next(scores).items()} for _ in sp])
-            for unit, (sp, n) in zip(todo, spans)
-        ]
+        own_scores = [[{k: round(v, 4) for k, v in next(scores).items()} for _ in texts] for texts in read]
         # what only the margin catches must also resemble a harm (the judge's category head)
-        mild = [unit.text[a:b] for unit, sp, _, own in scored for (a, b), s in zip(sp, own) if self._mild(s)]
+        mild = [t for texts, own in zip(read, own_scores) for t, s in zip(texts, own) if self._mild(s)]
         check = getattr(self.judge, "resembles_harm", None)
         harm_like = dict(zip(mild, check(mild))) if mild and check and self.settings.screen else {}
 
-        def caught(unit: Unit, span: tuple[int, int], score: dict[str, float]) -> bool:
-            return self.judge.is_unsafe(score) or (
-                self._caught(score) and harm_like.get(unit.text[span[0] : span[1]], True)
-            )
+        def caught(text: str, score: dict[str, float]) -> bool:
+            return self.judge.is_unsafe(score) or (self._caught(score) and harm_like.get(text, True))
 
         remaining = []
-        for unit, sp, n, own in scored:
+        for unit, (sp, n), texts, own in zip(todo, spans, read, own_scores):
             unit.before = {k: max(s[k] for s in own) for k in own[0]}
-            if not self.settings.screen or any(caught(unit, span, s) for span, s in zip(sp, own)):
+            if not self.settings.screen or any(caught(t, s) for t, s in zip(texts, own)):
                 flagged = [
                     self._piece(unit, a, b, score)
-                    for (a, b), score in zip(sp[1 : 1 + n], own[1 : 1 + n])
-                    if caught(unit, (a, b), score)
+                    for (a, b), text, score in zip(sp[1 : 1 + n], texts[1 : 1 + n], own[1 : 1 + n])
+                    if caught(text, score)
                 ]
                 # When the whole is over the threshold, a piece must be too: harm that only the
                 # pieces together carry ("... women at the wheel: They cannot park.") stays one unit.
@@ -411,8 +413,7 @@ class Debiaser:
     def _caught(self, scores: dict[str, float]) -> bool:
         """Whether the screen stops these scores: any head at its threshold, or one of
         ``screen_margin_heads`` at ``screen_margin`` times its threshold."""
-        band = dict.fromkeys(self.settings.screen_margin_heads, self.settings.screen_margin)
-        return self.judge.is_unsafe(scores, margin=band)
+        return self.judge.is_unsafe(scores, margin=self.settings.screen_band)
 
     def _piece(self, unit: Unit, start: int, end: int, score: dict[str, float]) -> Unit:
         """A flagged piece of ``unit`` as a unit of its own, with its unit's other text as context."""

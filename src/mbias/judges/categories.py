@@ -116,8 +116,9 @@ def suspect_threshold(headset: HeadSet, dev: list[Example], embeddings: np.ndarr
     from mbias.intervene import DebiasSettings
     from mbias.judges.embedded import EmbeddedJudge
 
-    settings = DebiasSettings()
-    band = dict.fromkeys(settings.screen_margin_heads, settings.screen_margin)
+    if headset.category is None:
+        return 0.0
+    band = DebiasSettings().screen_band
     judge = EmbeddedJudge(heads=headset)
     scores = judge.score_embeddings(embeddings)
     suspects = [
@@ -125,7 +126,7 @@ def suspect_threshold(headset: HeadSet, dev: list[Example], embeddings: np.ndarr
         for i, (example, score) in enumerate(zip(dev, scores))
         if example.label == 1 and judge.is_unsafe(score, margin=band) and not judge.is_unsafe(score)
     ]
-    if not suspects or headset.category is None:
+    if not suspects:
         return 0.0
     top = np.sort(headset.category.top_probability(embeddings[suspects]))
     allowed = math.floor(len(top) * (1 - SUSPECT_RECALL) + 1e-9)  # suspects the threshold may lose

@@ -42,18 +42,19 @@ class Head:
         z = np.clip(self.logits(embeddings), -60.0, 60.0)
         return 1.0 / (1.0 + np.exp(-z))
 
+    def class_logits(self, embeddings: np.ndarray) -> np.ndarray:
+        """A softmax head's logits, one column per class (its one layer, no ReLU)."""
+        weight, bias = self.layers[0]
+        return np.asarray(embeddings, dtype=np.float32) @ weight + bias
+
     def predict_index(self, embeddings: np.ndarray) -> np.ndarray:
         """A softmax head's most likely class per row (argmax of its logits)."""
-        hidden = np.asarray(embeddings, dtype=np.float32)
-        weight, bias = self.layers[0]
-        return np.argmax(hidden @ weight + bias, axis=1)
+        return np.argmax(self.class_logits(embeddings), axis=1)
 
     def top_probability(self, embeddings: np.ndarray) -> np.ndarray:
         """A softmax head's probability of its most likely class per row: how clearly a text is
         one of its classes rather than none of them."""
-        hidden = np.asarray(embeddings, dtype=np.float32)
-        weight, bias = self.layers[0]
-        logits = hidden @ weight + bias
+        logits = self.class_logits(embeddings)
         logits -= logits.max(axis=1, keepdims=True)
         odds = np.exp(logits)
         return odds.max(axis=1) / odds.sum(axis=1)
