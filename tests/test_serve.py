@@ -6,10 +6,11 @@ import asyncio
 import json
 import threading
 import time
+from typing import Any
 
 import pytest
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
 
 from mbias.engines import load_engine
@@ -390,3 +391,172 @@ def test_ready_prefix_holds_the_sentence_in_progress_and_open_code():
     )
     assert ready_prefix("Only one sentence so far") == 0
     assert ready_prefix("Run this.\n\n```\nx = 1. Still code. More") == 0
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_text_that_is_not_valid_unicode_is_refused_clearly_and_errors_echo_no_input():
+    """JSON may escape a lone surrogate ("\\ud800"); UTF-8 cannot encode one. Each endpoint refuses it
+    with a 4xx that names it, and a 422 never echoes the input back (it may be megabytes)."""
+    lone = b'"abc \\ud800 def."'
+    with make_client() as client:
+        for path in ("/v1/debias", "/v1/score"):
+            response = client.post(path, content=b'{"texts": [' + lone + b"]}", headers=JSON)
+            assert response.status_code == 422 and "lone surrogate" in response.text
+            assert "abc" not in response.text  # the input is not echoed
+        big = client.post("/v1/debias", json={"text": "x" * 20_001})
+        assert big.status_code == 422 and len(big.content) < 1_000
+
+
+def _scripted_upstream(answer: Any) -> FastAPI:
+    """An upstream whose non-streamed answer is ``answer`` (any JSON) and whose streamed answer is
+    the list of raw SSE lines under ``answer["stream"]`` when it is a dict holding one."""
+    from fastapi.responses import StreamingResponse
+
+    app = FastAPI()
+    seen = {"calls": 0}
+    app.state.seen = seen
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        seen["calls"] += 1
+        body = await request.json()
+        if body.get("stream"):
+            lines = answer["stream"]
+            return StreamingResponse((f"{line}\n\n" for line in lines), media_type="text/event-stream")
+        return Response(json.dumps(answer), media_type="application/json")  # escapes a lone surrogate
+
+    return app
+
+
+def _delta(**delta) -> str:
+    finish = delta.pop("finish", None)
+    return "data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+
+def test_guard_refuses_bad_client_fields_and_bad_upstream_answers_without_a_500():
+    from mbias.serve.background import serve_in_thread
+
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    with serve_in_thread(_scripted_upstream([1, 2])) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        with make_client(upstream=upstream) as client:
+            bad_upstream = client.post("/v1/chat/completions", json=body)
+            assert bad_upstream.status_code == 502 and "choices" in bad_upstream.json()["error"]["message"]
+            for n in ("abc", [1], 0, True):
+                refused = client.post("/v1/chat/completions", json={**body, "n": n, "stream": True})
+                assert refused.status_code == 400
+                assert refused.json()["error"]["type"] == "invalid_request_error"
+            lone = b'{"messages": [{"role": "user", "content": "\\ud800"}]}'
+            assert client.post("/v1/chat/completions", content=lone, headers=JSON).status_code == 400
+            nested = client.post("/v1/chat/completions", content=b"[" * 100_000)
+            assert nested.status_code == 400
+
+
+def test_guard_passes_tool_calls_and_empty_answers_untouched_even_when_blocking():
+    from mbias.serve.background import serve_in_thread
+
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    answer = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]}},
+            {"index": 1, "message": {"role": "assistant", "content": "you idiot\ud800 fix the printer"}},
+            {"index": 2},
+        ]
+    }
+    with serve_in_thread(_scripted_upstream(answer)) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        with make_client(upstream=upstream, on_flagged="block", block_message="BLOCKED") as client:
+            choices = client.post("/v1/chat/completions", json={"messages": []}).json()["choices"]
+    assert choices[0]["message"] == answer["choices"][0]["message"] and "mbias" not in choices[0]
+    assert choices[1]["message"]["content"] == "please fix the printer"  # the lone surrogate became U+FFFD
+    assert choices[2] == {"index": 2}
+
+
+def test_streaming_guard_passes_tool_calls_finish_reason_and_usage_through():
+    from mbias.serve.background import serve_in_thread
+
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+    lines = [
+        _delta(role="assistant", content=""),
+        _delta(content="Let me look that up. One moment"),
+        _delta(tool_calls=[call]),
+        _delta(finish="tool_calls"),
+        "data: " + json.dumps({"choices": [], "usage": {"total_tokens": 42}}),
+        "data: [DONE]",
+    ]
+    with serve_in_thread(_scripted_upstream({"stream": lines})) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        with make_client(upstream=upstream) as client:
+            body = {"messages": [], "stream": True}
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                events = _events(response)
+    deltas = [e["choices"][0]["delta"] for e in events[:-1]]
+    assert deltas[0] == {"role": "assistant"}
+    text = "".join(d.get("content", "") for d in deltas)
+    assert text == "Let me look that up. One moment"
+    tool = next(i for i, d in enumerate(deltas) if "tool_calls" in d)
+    assert deltas[tool]["tool_calls"] == [call] and all("content" not in d for d in deltas[tool:])
+    final = events[-2]
+    assert final["choices"][0]["finish_reason"] == "tool_calls" and final["usage"] == {"total_tokens": 42}
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [[], ["data: " + json.dumps({"error": {"message": "model overloaded"}})]],
+    ids=["cut", "error-event"],
+)
+def test_a_stream_the_upstream_breaks_ends_in_an_error_not_a_finished_answer(ending):
+    from mbias.serve.background import serve_in_thread
+
+    lines = [_delta(content="Here is the first sentence. And a second one that"), *ending]
+    with serve_in_thread(_scripted_upstream({"stream": lines})) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        body = {"messages": [], "stream": True}
+        with (
+            make_client(upstream=upstream) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            events = _events(response)
+    assert events[-1] == "[DONE]" and "error" in events[-2]
+    assert events[-2]["error"]["type"] == "upstream_error"
+    assert ("overloaded" in events[-2]["error"]["message"]) == bool(ending)
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2])
+    assert text == "Here is the first sentence. And a second one that"  # checked, and none of it lost
+    assert not any(e.get("choices", [{}])[0].get("finish_reason") for e in events[:-1])
+
+
+def test_upstream_retries_stop_at_the_requests_deadline():
+    from mbias.serve.background import serve_in_thread
+
+    app = FastAPI()
+    calls = []
+
+    @app.post("/v1/chat/completions")
+    def chat():
+        calls.append(time.monotonic())
+        return JSONResponse({"error": "busy"}, status_code=503)
+
+    with serve_in_thread(app) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.2, retries=5)
+        start = time.monotonic()
+        with pytest.raises(Exception, match="HTTP 503"):
+            upstream.request("POST", "/chat/completions", {}, deadline=start + 0.5)
+        assert time.monotonic() - start < 0.6
+        assert 1 <= len(calls) <= 2  # 0.2 s then 0.4 s of backoff: the third try would pass the deadline
+
+
+def test_metrics_count_failed_and_refused_requests():
+    class BrokenJudge(FixedJudge):
+        def categorise(self, texts):
+            raise RuntimeError("judge crashed")
+
+    debiaser = Debiaser(CountingEngine(), judge=BrokenJudge(), prompt_style="mbias")
+    app = create_app(debiaser, max_body_bytes=100)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.post("/v1/score", json={"text": "calm"}).status_code == 500
+        assert client.post("/v1/debias", json={"text": "x" * 200}).status_code == 413
+        text = client.get("/metrics").text
+    assert 'mbias_requests_total{path="/v1/score",status="500"} 1.0' in text
+    assert 'status="413"' in text

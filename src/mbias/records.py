@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,22 @@ def read_records(source: str | Path, column: str | None = None) -> list[Record]:
     if len(set(ids)) != len(ids):
         raise MbiasError(f"{ref}: the id column has duplicate values; ids must be unique to resume safely")
     return records
+
+
+# A surrogate code point left alone in a str: JSON's "\ud800" escape decodes to one, UTF-8 cannot
+# encode it, and every tokenizer and writer downstream fails on it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a surrogate with no partner (not valid Unicode), or None."""
+    found = _LONE_SURROGATE.search(text)
+    return found.start() if found else None
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD, as a UTF-8 decoder would have."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def texts_to_records(texts: Iterable[str]) -> list[Record]:

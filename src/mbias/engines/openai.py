@@ -54,6 +54,7 @@ class OpenAIEngine:
         **_: Any,
     ):
         self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.concurrency = concurrency
@@ -72,12 +73,20 @@ class OpenAIEngine:
             )
         return cls(base_url, model or None, **options)
 
-    def request(self, method: str, path: str, payload: dict | None = None) -> dict:
-        """One API call with retries; the guard proxy forwards whole chat requests through it."""
+    def request(
+        self, method: str, path: str, payload: dict | None = None, deadline: float | None = None
+    ) -> dict:
+        """One API call with retries; the guard proxy forwards whole chat requests through it.
+        ``deadline`` (time.monotonic()) bounds every try and the waits between them, so a client
+        that was answered 504 leaves no retries running behind it."""
         error = UpstreamError("")
         for attempt in range(self.retries + 1):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            timeout = self.client.timeout if left is None else httpx.Timeout(min(left, self.timeout))
             try:
-                response = self.client.request(method, path, json=payload)
+                response = self.client.request(method, path, json=payload, timeout=timeout)
             except httpx.HTTPError as exc:
                 error = _unreachable(f"{self.base_url}{path}", exc)
             else:
@@ -89,18 +98,22 @@ class OpenAIEngine:
                 error = _refused(f"{self.base_url}{path}", response)
                 if response.status_code not in RETRY_STATUS:
                     break
-            if attempt < self.retries:
-                time.sleep(self.backoff * 2**attempt)
+            wait = self.backoff * 2**attempt
+            if attempt == self.retries or (deadline is not None and time.monotonic() + wait >= deadline):
+                break
+            time.sleep(wait)
         raise error
 
     def stream_chat(self, payload: dict) -> Iterator[dict]:
-        """A streamed chat completion: each Server-Sent Event's JSON chunk, until ``[DONE]``."""
-        path = "/chat/completions"
+        """A streamed chat completion: each Server-Sent Event's JSON chunk, until ``[DONE]``. A
+        stream that ends without it, or carries an error event, raises: a cut answer must not
+        pass for a whole one."""
+        path, url = "/chat/completions", f"{self.base_url}/chat/completions"
         try:
             with self.client.stream("POST", path, json={**payload, "stream": True}) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise _refused(f"{self.base_url}{path}", response)
+                    raise _refused(url, response)
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -108,11 +121,17 @@ class OpenAIEngine:
                     if data == "[DONE]":
                         return
                     try:
-                        yield json.loads(data)
+                        chunk = json.loads(data)
                     except ValueError:
-                        raise UpstreamError(f"{self.base_url}{path} streamed a non-JSON chunk") from None
+                        raise UpstreamError(f"{url} streamed a non-JSON chunk") from None
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        error = chunk["error"]
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise UpstreamError(f"{url} streamed an error: {str(message)[:200]}")
+                    yield chunk
         except httpx.HTTPError as exc:
-            raise _unreachable(f"{self.base_url}{path}", exc) from None
+            raise _unreachable(url, exc) from None
+        raise UpstreamError(f"{url} ended its stream before [DONE]: the answer may be cut")
 
     def _first_model(self) -> str:
         models = self.request("GET", "/models").get("data") or []

@@ -7,22 +7,30 @@ flagged sentences rewritten (with an ``mbias`` field saying what was done, span 
 (``rewrite``), replace the whole answer with a block message (``block``), or let it through
 (``pass``). Operations: ``/healthz``, ``/readyz`` (models loaded and the judge warm), ``/metrics``
 (Prometheus), ``/v1/models``; a full queue answers 503 with Retry-After, a body over the limit
-413, a request past its deadline 504, and an upstream failure 502 (unreachable, 5xx) or 504 (too
-slow), while the upstream's own 4xx reaches the client as it was.
+413, a request past its deadline 504, and an upstream failure 502 (unreachable, 5xx, an answer
+without choices) or 504 (too slow), while the upstream's own 4xx reaches the client as it was; on
+the guard each error also carries OpenAI's ``{"error": {...}}``. A choice without text (a tool call)
+passes untouched; text that is not valid Unicode is refused from clients (400/422) and repaired
+(U+FFFD) in upstream answers.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mbias.engines.openai import OpenAIEngine
 from mbias.errors import MbiasError, UpstreamError
 from mbias.intervene import Debiaser
+from mbias.records import lone_surrogate, valid_unicode
 from mbias.serve.batcher import MicroBatcher, Overloaded
 from mbias.serve.limits import (
     MAX_BODY_BYTES,
@@ -43,6 +51,15 @@ BLOCK_MESSAGE = "This answer was withheld because it contained biased or toxic c
 class DebiasRequest(BaseModel):
     text: str | None = Field(default=None, max_length=MAX_CHARS)
     texts: list[str] | None = Field(default=None, max_length=MAX_TEXTS)
+
+    @field_validator("text", "texts")
+    @classmethod
+    def valid_unicode(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for text in [value] if isinstance(value, str) else value or []:
+            at = lone_surrogate(text)
+            if at is not None:
+                raise ValueError(f"character {at} is a lone surrogate ({text[at]!a}): not valid Unicode")
+        return value
 
     @model_validator(mode="after")
     def one_of(self) -> DebiasRequest:
@@ -91,8 +108,8 @@ def create_app(
     app = FastAPI(title="mbias", lifespan=lifespan)
     app.state.batcher = batcher
     app.state.ready = False
-    app.middleware("http")(metrics.middleware(lambda: batcher.pending))
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.middleware("http")(metrics.middleware(lambda: batcher.pending))  # outermost: counts 413s
 
     def authorised(request: Request) -> None:
         if keys and not key_accepted(request.headers.get("authorization", ""), keys):
@@ -102,20 +119,31 @@ def create_app(
         return await within(request_timeout, batcher.submit(records))
 
     @app.exception_handler(Overloaded)
-    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return _error(request, 503, str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(DeadlineExceeded)
-    async def too_slow(_: Request, exc: DeadlineExceeded) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=504)
+    async def too_slow(request: Request, exc: DeadlineExceeded) -> JSONResponse:
+        return _error(request, 504, str(exc))
 
     @app.exception_handler(UpstreamError)
-    async def upstream_failed(_: Request, exc: UpstreamError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    async def upstream_failed(request: Request, exc: UpstreamError) -> JSONResponse:
+        return _error(request, exc.status, str(exc))
 
     @app.exception_handler(MbiasError)
-    async def cannot_serve(_: Request, exc: MbiasError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    async def cannot_serve(request: Request, exc: MbiasError) -> JSONResponse:
+        return _error(request, 422, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # what was wrong and where, without echoing the input: it may be megabytes, or text that
+        # cannot be encoded as the response (a lone surrogate)
+        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/healthz")
     @app.get("/health")
@@ -165,8 +193,10 @@ def create_app(
     @app.post("/v1/debias", dependencies=[Depends(authorised)])
     async def debias(body: DebiasRequest) -> dict[str, Any]:
         texts = [body.text] if body.text is not None else body.texts
-        records = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
-        return {"results": await debiased(records)}
+        records = await debiased([{"id": str(i), "text": t} for i, t in enumerate(texts)])
+        for record in records:
+            metrics.spans(record.get("spans", []))
+        return {"results": records}
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorised)])
     async def guard(request: Request) -> Any:
@@ -176,15 +206,22 @@ def create_app(
             )
         try:
             payload = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise HTTPException(status_code=400, detail="the request body is not JSON") from None
         if not isinstance(payload, dict):
             raise HTTPException(status_code=400, detail="the request body must be a JSON object")
+        try:  # what cannot be encoded cannot be forwarded: refuse it here, not as a 500 upstream
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise HTTPException(
+                status_code=400, detail="the request holds text that is not valid Unicode (a lone surrogate)"
+            ) from None
         payload.setdefault("model", upstream.model)
+        deadline = time.monotonic() + request_timeout if request_timeout else None
         from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
         if payload.get("stream"):
-            if int(payload.get("n") or 1) != 1:
+            if _choices_asked(payload) != 1:
                 raise HTTPException(status_code=400, detail="the streaming guard serves n=1 only")
 
             async def check(text: str) -> dict[str, Any]:
@@ -212,13 +249,19 @@ def create_app(
             )
             return StreamingResponse(events, media_type="text/event-stream")
 
+        _choices_asked(payload)
         answer = await within(
-            request_timeout, run_in_threadpool(upstream.request, "POST", "/chat/completions", payload)
+            request_timeout,
+            run_in_threadpool(upstream.request, "POST", "/chat/completions", payload, deadline=deadline),
         )
-        choices = answer.get("choices") or []
-        texts = [((c.get("message") or {}).get("content") or "") for c in choices]
-        records = await debiased([{"id": str(i), "text": t} for i, t in enumerate(texts)])
-        for choice, record in zip(choices, records):
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list):
+            raise UpstreamError(f"upstream {upstream.base_url} answered without a list of choices")
+        # a choice without text (a tool call, an empty answer) has nothing to check: it passes as it is
+        texts = [_answer_text(c) for c in choices]
+        checked = [(c, t) for c, t in zip(choices, texts) if t]
+        records = await debiased([{"id": str(i), "text": t} for i, (_, t) in enumerate(checked)])
+        for (choice, _), record in zip(checked, records):
             choice["message"]["content"] = _apply_policy(record, on_flagged, block_message)
             choice["mbias"] = {k: record[k] for k in ("action", "reason", "spans") if k in record}
             choice["mbias"]["policy"] = on_flagged if record["action"] == "flagged" else None
@@ -234,3 +277,33 @@ def _apply_policy(record: dict[str, Any], on_flagged: str, block_message: str) -
     if record["action"] != "flagged" or on_flagged == "rewrite":
         return record["rewrite"]
     return block_message if on_flagged == "block" else record["text"]
+
+
+def _choices_asked(payload: dict[str, Any]) -> int:
+    """The request's ``n``, checked: a client's wrong value is a 400, not a guard failure."""
+    n = payload.get("n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise HTTPException(status_code=400, detail=f"'n' must be a positive integer, not {n!r}")
+    return n
+
+
+def _answer_text(choice: Any) -> str:
+    """A non-streamed choice's text, lone surrogates replaced; "" when it holds none."""
+    message = choice.get("message") if isinstance(choice, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    return valid_unicode(content) if isinstance(content, str) else ""
+
+
+def _error(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error response: ``{"detail": ...}``, and on the guard also OpenAI's ``{"error": {...}}``,
+    so OpenAI clients in front of it read the message as they read their provider's."""
+    body: dict[str, Any] = {"detail": message}
+    if request.url.path == "/v1/chat/completions":
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        kind = "upstream_error" if status in (502, 504) else kind
+        body["error"] = {"message": message, "type": kind, "code": status}
+    return JSONResponse(body, status_code=status, headers=headers)

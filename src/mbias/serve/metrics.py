@@ -61,13 +61,17 @@ class Metrics:
 
         async def measure(request: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
             start = time.perf_counter()
-            response = await call_next(request)
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.requests.labels(path=path, status=str(response.status_code)).inc()
-            self.latency.labels(path=path).observe(time.perf_counter() - start)
-            self.queue.set(depth())
-            return response
+            status = "500"  # what the server answers when a handler raises past every handler
+            try:
+                response = await call_next(request)
+                status = str(response.status_code)
+                return response
+            finally:
+                route = request.scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                self.requests.labels(path=path, status=status).inc()
+                self.latency.labels(path=path).observe(time.perf_counter() - start)
+                self.queue.set(depth())
 
         return measure
 

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from mbias.errors import MbiasError, UpstreamError
-from mbias.records import Record
+from mbias.records import Record, valid_unicode
 from mbias.segment import split_sentences
 
 FENCE = "```"
@@ -66,12 +66,14 @@ async def guarded_stream(
     actions: list[str] = []
     template: dict[str, Any] = {"object": "chat.completion.chunk", "created": int(time.time())}
 
-    def chunk(content: str | None, finish: str | None = None, **extra: Any) -> bytes:
-        delta = {"content": content} if content is not None else {}
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         return sse({**template, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
 
     async def release(piece: str) -> tuple[bytes, bool]:
         nonlocal offset, out_offset
+        if not piece.strip():  # nothing to check: whitespace leaves as it came
+            offset, out_offset = offset + len(piece), out_offset + len(piece)
+            return chunk({"content": piece}), False
         record = await check(piece)
         text = policy(record)
         stop = record["action"] == "flagged" and on_flagged == "block"
@@ -91,10 +93,13 @@ async def guarded_stream(
             )
         offset += len(piece)
         out_offset += len(text)
-        return chunk(text), stop
+        return chunk({"content": text}), stop
 
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     reader = asyncio.create_task(_pump(chunks, queue))
+    finish: str | None = None  # the upstream's own finish reason ("length", "tool_calls", ...)
+    usage: Any = None
+    failure: dict[str, Any] | None = None
     try:
         finished = False
         while not finished:
@@ -103,6 +108,7 @@ async def guarded_stream(
             arrived = [await queue.get()]
             while not queue.empty():
                 arrived.append(queue.get_nowait())
+            stop = False
             for item in arrived:
                 if item is _END:
                     finished = True
@@ -110,8 +116,22 @@ async def guarded_stream(
                 if isinstance(item, BaseException):
                     raise item
                 template.update({k: item[k] for k in ("id", "model") if k in item})
+                usage = item.get("usage") or usage
                 choice = (item.get("choices") or [{}])[0]
-                pending += (choice.get("delta") or {}).get("content") or ""
+                finish = choice.get("finish_reason") or finish
+                delta = choice.get("delta") or {}
+                pending += valid_unicode(delta.get("content") or "")
+                other = {k: v for k, v in delta.items() if k != "content" and v is not None}
+                if pending and set(other) - {"role"}:  # a tool call: the text before it is finished
+                    event, stop = await release(pending)
+                    pending = ""
+                    yield event
+                    if stop:
+                        break
+                if other:
+                    yield chunk(other)
+            if stop:
+                break
             cut = ready_prefix(pending)
             if cut:
                 event, stop = await release(pending[:cut])
@@ -120,16 +140,25 @@ async def guarded_stream(
                 if stop:
                     pending = ""
                     break
-        if pending.strip():
+        if pending:
             event, _ = await release(pending)
             yield event
-        elif pending:
-            yield chunk(pending)
-    except MbiasError as exc:
-        kind = "upstream_error" if isinstance(exc, UpstreamError) else "guard_error"
-        yield sse({"error": {"message": str(exc), "type": kind}})
+    except Exception as exc:  # reported in the stream: the client already has a 200 and earlier text
+        upstream = isinstance(exc, UpstreamError)
+        if upstream and pending:  # what the upstream sent before failing is checked and kept
+            try:
+                event, _ = await release(pending)
+                yield event
+            except Exception:  # the guard cannot check it either: it does not leave unchecked
+                pass
+        message = str(exc) if isinstance(exc, MbiasError) else f"{type(exc).__name__}: {exc}"
+        failure = {"message": message, "type": "upstream_error" if upstream else "guard_error"}
     finally:
         reader.cancel()
     action = "flagged" if "flagged" in actions else "rewritten" if "rewritten" in actions else "kept"
-    yield chunk(None, "stop", mbias={"action": action, "spans": spans, "policy": on_flagged})
+    report = {"action": action, "spans": spans, "policy": on_flagged}
+    if failure:  # no finish chunk: the answer did not finish
+        yield sse({"error": failure, "mbias": report})
+    else:
+        yield chunk({}, finish or "stop", mbias=report, **({"usage": usage} if usage else {}))
     yield sse("[DONE]")
