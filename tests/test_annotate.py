@@ -446,8 +446,10 @@ def test_export_writes_kept_pairs_with_provenance(tmp_path):
 def test_export_errors_are_one_line(tmp_path):
     store = Store(tmp_path / "a.db")
     add_item(store, "pending only")
+    (tmp_path / "t.jsonl").write_text("an earlier export\n", encoding="utf-8")
     result = runner.invoke(app, ["export", "--db", str(store.path), "-o", str(tmp_path / "t.jsonl")])
     assert isinstance(result.exception, MbiasError) and "nothing written" in str(result.exception)
+    assert (tmp_path / "t.jsonl").read_text(encoding="utf-8") == "an earlier export\n"  # left as it was
     result = runner.invoke(
         app, ["export", "--db", str(tmp_path / "missing.db"), "-o", str(tmp_path / "t.jsonl")]
     )

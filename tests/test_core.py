@@ -116,6 +116,9 @@ def test_read_records_formats(tmp_path):
     assert [r["id"] for r in read_records(tmp_path / "a.jsonl")] == ["k", "m"]
     write_records(tmp_path / "b.parquet", records)
     assert [r["text"] for r in read_records(tmp_path / "b.parquet")] == ["hello", "world"]
+    (tmp_path / "two.csv").write_text("id,text,body\n1,A title,Women are bad drivers.\n", encoding="utf-8")
+    [record] = read_records(tmp_path / "two.csv", "body")
+    assert (record["text"], record["file_text"]) == ("Women are bad drivers.", "A title")
 
 
 @pytest.mark.parametrize(
@@ -153,6 +156,61 @@ def test_writer_resume_skips_done_ids(tmp_path, suffix):
     rows = read_records(out)
     assert [r["id"] for r in rows] == ["0", "1"]
     assert [r["rewrite"] for r in rows] == ["A", "B"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_csv_header_widens_when_a_later_record_brings_a_new_field(tmp_path, suffix):
+    """A kept record has no scores, a rewritten one does: no field of any row is dropped."""
+    out = tmp_path / f"out{suffix}"
+    with RecordWriter(out) as writer:
+        writer.write({"id": "0", "text": "a", "action": "kept", "reason": "clean"})
+        writer.write({"id": "1", "text": "b", "action": "rewritten", "similarity": 0.8})
+    with RecordWriter(out, resume=True) as resumed:
+        resumed.write({"id": "2", "text": "c", "action": "flagged", "escalated": True})
+    rows = read_records(out)
+    assert [r["id"] for r in rows] == ["0", "1", "2"]
+    assert (rows[0]["reason"], rows[1]["similarity"], rows[2]["escalated"]) == ("clean", "0.8", "True")
+    assert rows[0]["similarity"] == "" and rows[1]["reason"] == ""
+
+
+def test_resume_drops_a_half_written_last_line_and_refuses_a_file_without_ids(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "0", "text": "a"}\n{"id": "1", "te', encoding="utf-8")  # killed mid-line
+    with RecordWriter(out, resume=True) as resumed:
+        assert resumed.done_ids == {"0"}
+        resumed.write({"id": "1", "text": "b"})
+    assert [r["id"] for r in read_records(out)] == ["0", "1"]
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("foo,bar\n1,2\n", encoding="utf-8")
+    with pytest.raises(MbiasError, match="no id column"):
+        RecordWriter(foreign, resume=True)
+
+
+def test_outputs_never_overwrite_their_input_nor_start_where_they_cannot_be_written(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "0", "text": "a"}\n', encoding="utf-8")
+    with pytest.raises(MbiasError, match="is the input file"):
+        RecordWriter(source, resume=True, reads=[str(source)])
+    with pytest.raises(MbiasError, match="is the input file"):
+        write_records(tmp_path / "." / "in.jsonl", [{"id": "0"}], reads=[source])
+    with pytest.raises(MbiasError, match="is a file, not a folder"):
+        RecordWriter(source / "out.jsonl")
+    assert source.read_text(encoding="utf-8") == '{"id": "0", "text": "a"}\n'
+
+
+def test_write_records_leaves_the_old_file_when_writing_fails(tmp_path):
+    out = tmp_path / "report.jsonl"
+    out.write_text("old\n", encoding="utf-8")
+
+    def failing():
+        yield {"id": "0", "text": "a"}
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError):
+        write_records(out, failing())
+    assert out.read_text(encoding="utf-8") == "old\n" and list(tmp_path.iterdir()) == [out]
+    write_records(out, [{"id": "1", "text": "b"}])
+    assert [r["id"] for r in read_records(out)] == ["1"]
 
 
 def test_debiaser_never_returns_empty():

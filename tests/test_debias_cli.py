@@ -102,6 +102,11 @@ def test_resume_after_killed_run_loses_and_duplicates_nothing(tmp_path, engine):
         (None, ["--engine", "openai:http://127.0.0.1:9/v1#m", "hello"], "cannot be reached"),
         (None, ["hello", "--input", "x.csv"], "either a TEXT"),
         (None, [""], "empty"),
+        (None, ["--batch-size", "0", "hello"], "greater than or equal to 1"),
+        (None, ["--granularity", "word", "hello"], "choose one of auto, sentence, text"),
+        (None, ["--no-such-option", "hello"], "No such option"),
+        ("text\na\n", ["-i", "{tmp}/in.csv", "-o", "{tmp}/in.csv", "--resume"], "is the input file"),
+        ("text\na\n", ["-i", "{tmp}/in.csv", "-o", "{tmp}/in.csv/o.jsonl"], "is a file, not a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, setup, args, message, engine):

@@ -509,6 +509,9 @@ def test_select_keeps_only_the_failure_kinds_asked_for(tmp_path):
     assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ["1"]
     bad = select("copies")
     assert bad.returncode != 0 and "unknown kind copies" in bad.stderr
+    onto_itself = _cli("read-failures", "select", str(source), "--kind", "looped", "--out", str(source))
+    assert onto_itself.returncode == 2 and "is the input file" in onto_itself.stderr
+    assert len(source.read_text().splitlines()) == len(rows)
 
 
 def test_cli_method_and_init_adapter_reach_the_config(pairs_file, tmp_path):
@@ -669,3 +672,20 @@ def test_sheets_read_the_named_files_in_full_and_sample_the_others(tmp_path):
         1,
     )
     assert not any("text 9" in r["text"] for r in default + whole)  # a mined failure is not read
+
+
+def test_sheets_never_write_over_sheets_readers_may_have_labelled(tmp_path):
+    rows = [{"id": str(i), "biased_text": f"text {i}", "model_output": f"rewrite {i}"} for i in range(4)]
+    raw = _write_jsonl(tmp_path / "raw.jsonl", rows)
+    unmined = _cli("read-failures", "sheets", str(raw), "--out-dir", str(tmp_path / "x"))
+    assert unmined.returncode == 2 and "no debiased_text column" in unmined.stderr
+    rows = [{**r, "debiased_text": f"fair {i}", "data_source": "toxigen_x"} for i, r in enumerate(rows)]
+    mined = _write_jsonl(tmp_path / "mined.jsonl", rows)
+    out = tmp_path / "sheets"
+    first = _cli("read-failures", "sheets", str(mined), "--out-dir", str(out), "--sheets", "1")
+    assert first.returncode == 0, first.stderr
+    labelled = (out / "sheet-1.jsonl").read_text().replace('"unsafe": null', '"unsafe": 1')
+    (out / "sheet-1.jsonl").write_text(labelled)
+    again = _cli("read-failures", "sheets", str(mined), "--out-dir", str(out), "--sheets", "1", "--seed", "5")
+    assert again.returncode == 2 and "may hold readers' labels" in again.stderr
+    assert (out / "sheet-1.jsonl").read_text() == labelled

@@ -33,15 +33,32 @@ for _module in pkgutil.iter_modules(mbias.commands.__path__):
         _command.register(app)
 
 
+# typer >= 0.29 carries its own copy of click: its error classes are reached through a public one
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: user errors (and wrong options) become one line on stderr and a non-zero exit,
+    never a traceback or a box; Ctrl-C says how to go on."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        app()
+        code = app(standalone_mode=False)
     except MbiasError as exc:
         print(f"mbias: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except _CLICK_ERROR as exc:
+        context = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            print(context.get_help())  # a bare `mbias` or `mbias read-failures`: its help
+            sys.exit(0)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        print(f"mbias: error: {exc.format_message()}{hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("mbias: interrupted; rows already written are kept: rerun with --resume", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

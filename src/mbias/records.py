@@ -20,6 +20,9 @@ from mbias.errors import MbiasError
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 TEXT_COLUMN_GUESSES = ("text", "biased_text", "toxic", "sentence", "comment")
 Record = dict[str, Any]
+# Where a file's own "text" column goes when another column is the one to read: a record's
+# "text" is always the text mbias reads.
+FILE_TEXT = "file_text"
 
 
 class NoTextColumn(MbiasError):
@@ -117,24 +120,26 @@ def pick_column(
     )
 
 
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a CSV/TSV/JSONL/Parquet file, or a one-line MbiasError saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise MbiasError(f"{path}: no such file")
+    if path.is_dir():
+        raise MbiasError(f"{path}: is a directory, expected a file")
+    fmt = file_format(path)
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise MbiasError(f"{path}: cannot open ({exc.strerror})") from None
+    return _read_rows(path, fmt)
+
+
 def read_records(source: str | Path, column: str | None = None) -> list[Record]:
     """Records from a CSV/TSV/JSONL/Parquet file or ``hf:<dataset>``; ``text`` is the chosen column."""
     ref = str(source)
-    if ref.startswith("hf:"):
-        rows = _load_hf_dataset(ref)
-    else:
-        path = Path(ref)
-        if not path.exists():
-            raise MbiasError(f"{path}: no such file")
-        if path.is_dir():
-            raise MbiasError(f"{path}: is a directory, expected a file")
-        fmt = file_format(path)
-        try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            raise MbiasError(f"{path}: cannot open ({exc.strerror})") from None
-        rows = _read_rows(path, fmt)
+    rows = _load_hf_dataset(ref) if ref.startswith("hf:") else read_rows(ref)
     if not rows:
         raise MbiasError(f"{ref}: no rows")
     text_column = pick_column(rows[0].keys(), column, ref)
@@ -142,6 +147,8 @@ def read_records(source: str | Path, column: str | None = None) -> list[Record]:
     for index, row in enumerate(rows):
         value = row.get(text_column)
         record = dict(row)
+        if text_column != "text" and "text" in record:  # the file's own "text" column is not lost
+            record[FILE_TEXT] = record["text"]
         record["id"] = str(row["id"]) if row.get("id") not in (None, "") else str(index)
         record["text"] = "" if value is None else str(value)
         records.append(record)
@@ -188,30 +195,87 @@ def write_parquet(path: str | Path, records: Iterable[Record]) -> None:
     pd.DataFrame(rows).to_parquet(path, index=False)
 
 
+def refuse_overwriting_input(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """A one-line error when ``output`` is one of the files the command reads."""
+    target = Path(output).resolve()
+    for given in inputs:
+        if given is not None and not str(given).startswith("hf:") and Path(given).resolve() == target:
+            raise MbiasError(f"{output}: is the input file; write the output somewhere else")
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and make sure a file can be written there, before any work is done."""
+    import tempfile
+
+    if folder.exists() and not folder.is_dir():
+        raise MbiasError(f"{folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mbias-write-check-"):
+            pass
+    except OSError as exc:
+        raise MbiasError(f"{folder}: cannot write there ({exc.strerror or type(exc).__name__})") from None
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line that a killed job left half-written (no newline at its end): its record was
+    never finished, and resuming writes it again."""
+    with path.open("rb+") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        if not size:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        step, end = 1 << 16, size
+        while end > 0:
+            start = max(0, end - step)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                handle.truncate(start + newline + 1)
+                return
+            end = start
+        handle.truncate(0)
+
+
 class RecordWriter:
     """Appends records to an output file as they are produced.
 
     JSONL and CSV are appended in place and flushed per row. Parquet cannot be appended to, so
     rows go to ``<output>.partial.jsonl`` and the Parquet file is written when the job completes.
+    A CSV's header is every field seen so far: a row with a new field rewrites the file once with a
+    wider header, so no row's field is dropped (records differ: a rewritten one has scores a kept
+    one lacks). The folder is checked for writing before any work; ``reads`` are the command's input
+    files, which it refuses to write over.
     """
 
-    def __init__(self, path: str | Path, resume: bool = False):
+    def __init__(self, path: str | Path, resume: bool = False, reads: Iterable[str | Path | None] = ()):
         self.path = Path(path)
         self.format = file_format(self.path)
+        refuse_overwriting_input(self.path, reads)
+        if self.path.is_dir():
+            raise MbiasError(f"{self.path}: is a directory; --output takes a file")
         self.sink = (
             self.path.with_name(self.path.name + ".partial.jsonl") if self.format == "parquet" else self.path
         )
         self.done_ids: set[str] = set()
         if resume:
-            self.done_ids = {str(r["id"]) for r in self._existing()}
+            if self.sink.exists() and (self.sink != self.path or self.format != "parquet"):
+                _drop_partial_line(self.sink)
+            existing = self._existing()
+            if existing and "id" not in existing[0]:
+                raise MbiasError(f"{self.path}: has no id column: not an output this command can resume")
+            self.done_ids = {str(r["id"]) for r in existing}
         elif self.path.exists() or (self.sink != self.path and self.sink.exists()):
             raise MbiasError(
                 f"{self.path}: already exists; pass --resume to continue it or choose another --output"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(self.path.parent)
         self._handle = None
         self._csv: csv.DictWriter | None = None
-        self._fields: list[str] | None = None
+        self._fields: list[str] = []
 
     def _existing(self) -> list[Record]:
         if self.sink.exists() and self.sink.stat().st_size:
@@ -225,6 +289,18 @@ class RecordWriter:
         return self
 
     def write(self, record: Record) -> None:
+        try:
+            if self.format in ("csv", "tsv"):
+                self._write_csv(_flat(record))
+            else:
+                self._open()
+                self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            self._handle.flush()
+        except OSError as exc:
+            raise MbiasError(f"{self.path}: cannot write ({exc.strerror or type(exc).__name__})") from None
+        self.done_ids.add(str(record["id"]))
+
+    def _open(self) -> None:
         if self._handle is None:
             if self.format == "parquet" and self.path.exists() and not self.sink.exists():
                 # resuming a finished parquet file: move its rows back into the sink first
@@ -233,21 +309,35 @@ class RecordWriter:
                     for row in existing:
                         out.write(json.dumps(row, ensure_ascii=False) + "\n")
             self._handle = self.sink.open("a", encoding="utf-8", newline="")
-        if self.format in ("csv", "tsv"):
-            row = _flat(record)
-            if self._csv is None:
-                self._fields = self._csv_header() or list(row.keys())
-                delimiter = "\t" if self.format == "tsv" else ","
-                self._csv = csv.DictWriter(
-                    self._handle, fieldnames=self._fields, extrasaction="ignore", delimiter=delimiter
-                )
-                if self.sink.stat().st_size == 0:
-                    self._csv.writeheader()
-            self._csv.writerow(row)
-        else:
-            self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._handle.flush()
-        self.done_ids.add(str(record["id"]))
+
+    def _write_csv(self, row: dict[str, Any]) -> None:
+        if self._csv is None:
+            self._fields = self._csv_header() or []
+        new = [k for k in row if k not in self._fields]
+        if new or self._csv is None:
+            self._widen(self._fields + new)
+        self._csv.writerow(row)
+
+    def _widen(self, fields: list[str]) -> None:
+        """(Re)open the CSV with ``fields`` as its header, rewriting the rows already there."""
+        delimiter = "\t" if self.format == "tsv" else ","
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self.sink.exists() and self.sink.stat().st_size and fields != self._csv_header():
+            with self.sink.open(encoding="utf-8", newline="") as handle:
+                rows = list(csv.DictReader(handle, delimiter=delimiter))
+            wider = self.sink.with_name(self.sink.name + ".widening")
+            with wider.open("w", encoding="utf-8", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=fields, delimiter=delimiter)
+                writer.writeheader()
+                writer.writerows(rows)
+            wider.replace(self.sink)
+        self._open()
+        self._fields = fields
+        self._csv = csv.DictWriter(self._handle, fieldnames=fields, delimiter=delimiter)
+        if self.sink.stat().st_size == 0:
+            self._csv.writeheader()
 
     def _csv_header(self) -> list[str] | None:
         if self.sink.exists() and self.sink.stat().st_size:
@@ -267,14 +357,28 @@ class RecordWriter:
         self.close(complete=exc_type is None)
 
 
-def write_records(path: str | Path, records: Iterable[Record]) -> None:
-    """Write a whole table at once (reports, exports); replaces the file."""
+def write_records(
+    path: str | Path, records: Iterable[Record], reads: Iterable[str | Path | None] = ()
+) -> None:
+    """Write a whole table at once (reports, exports): into a file beside ``path`` that replaces it
+    only when every record is written, so a failure leaves what was there. ``reads`` as for
+    RecordWriter."""
     path = Path(path)
-    if path.exists():
-        path.unlink()
-    with RecordWriter(path) as writer:
-        for record in records:
-            writer.write(record)
+    refuse_overwriting_input(path, reads)
+    draft = path.with_name(f".{path.name}.writing{path.suffix}")
+    if draft.exists():
+        draft.unlink()
+    try:
+        with RecordWriter(draft) as writer:
+            for record in records:
+                writer.write(record)
+        if draft.exists():
+            draft.replace(path)
+        else:  # no record: an empty file, as before
+            path.write_text("", encoding="utf-8")
+    finally:
+        if draft.exists():
+            draft.unlink()
 
 
 def iter_pending(records: list[Record], done_ids: set[str]) -> Iterator[Record]:

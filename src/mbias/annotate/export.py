@@ -47,7 +47,9 @@ def training_pairs(store: Store, min_reviews: int = 1) -> list[Record]:
 
 
 def export_pairs(store: Store, output: str | Path, min_reviews: int = 1) -> int:
-    """Write the pairs with :func:`mbias.records.write_records`; returns how many were written."""
+    """Write the pairs with :func:`mbias.records.write_records`; returns how many were written
+    (none: the file is left as it was)."""
     pairs = training_pairs(store, min_reviews)
-    write_records(output, pairs)
+    if pairs:
+        write_records(output, pairs)
     return len(pairs)

@@ -15,7 +15,6 @@ never its neighbours.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Annotated
@@ -24,7 +23,7 @@ import typer
 
 from mbias.commands.common import console
 from mbias.errors import MbiasError
-from mbias.records import write_records
+from mbias.records import read_rows, write_records
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NEIGHBOUR_KINDS = ("plain-prose", "fair-advice")
@@ -33,8 +32,7 @@ NEIGHBOUR_KINDS = ("plain-prose", "fair-advice")
 def neighbours(path: Path) -> list[str]:
     if not path.is_file():
         raise MbiasError(f"{path}: no such file; pass --sentences (JSONL with text and kind)")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    pool = [r["text"] for r in rows if r.get("kind") in NEIGHBOUR_KINDS]
+    pool = [r["text"] for r in read_rows(path) if r.get("kind") in NEIGHBOUR_KINDS and r.get("text")]
     if not pool:
         raise MbiasError(f"{path}: no sentences of kind {' or '.join(NEIGHBOUR_KINDS)}")
     return pool
@@ -68,19 +66,18 @@ def context_pairs(
     seed: int = 0,
 ) -> None:
     """Give a share of training pairs neighbouring sentences (context_before / context_after)."""
-    rows = []
+    rows, files_read = [], []
     for given in pairs or [REPO_ROOT / "data" / "bias"]:
         files = sorted(given.glob("*.jsonl")) if given.is_dir() else [given]
+        files_read += files
         if not files or not all(f.is_file() for f in files):
             raise MbiasError(f"{given}: no pair files (*.jsonl) there")
         for path in files:
-            rows += [
-                json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-            ]
+            rows += read_rows(path)
     made = with_context(rows, neighbours(sentences), share, seed)
     # files mined in different rounds reuse ids: number the rows, keep where each came from
     made = [{**row, "id": f"ctx-{i:05d}", "source_id": row.get("id")} for i, row in enumerate(made)]
-    write_records(output, made)
+    write_records(output, made, reads=[sentences, *files_read])
     with_neighbours = sum("context_before" in r for r in made)
     console.print(f"wrote {len(made)} pairs to {output}, {with_neighbours} with neighbours")
 

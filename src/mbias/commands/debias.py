@@ -157,7 +157,8 @@ def debias(
                 else:
                     typer.echo(record["rewrite"])
     else:
-        _debias_file(debiaser, records, output or str(default_output(input, "debiased")), resume, explain)
+        destination = output or str(default_output(input, "debiased"))
+        _debias_file(debiaser, records, destination, resume, explain, reads=[input])
     if profile:
         print_profile(time.perf_counter() - started)
 
@@ -180,9 +181,11 @@ def print_profile(wall: float) -> None:
     console.print(table)
 
 
-def _debias_file(debiaser: Debiaser, records: list[dict], output: str, resume: bool, explain: bool) -> None:
+def _debias_file(
+    debiaser: Debiaser, records: list[dict], output: str, resume: bool, explain: bool, reads: list[str]
+) -> None:
     counts: dict[str, int] = {}
-    with RecordWriter(output, resume=resume) as writer:
+    with RecordWriter(output, resume=resume, reads=reads) as writer:
         pending = list(iter_pending(records, writer.done_ids))
         if resume and writer.done_ids:
             console.print(f"resuming: {len(writer.done_ids)} rows already in {output}, {len(pending)} to go")

@@ -14,7 +14,7 @@ import typer
 from mbias import config
 from mbias.commands.common import console, progress_bar, rate_text
 from mbias.errors import MbiasError
-from mbias.records import pick_column, read_records, write_records
+from mbias.records import check_writable, pick_column, read_records, write_records
 
 # Tried in order when no column is named: the paper's pair columns, then `mbias debias` output.
 SOURCE_GUESSES = ("biased_text", "text")
@@ -96,16 +96,16 @@ def eval_command(
     output = _column(rows, output_column, OUTPUT_GUESSES, "--output-column", input)  # type: ignore[arg-type]
     if group_column:
         _column(rows, group_column, (), "--group-column", input)  # type: ignore[arg-type]
+    directory = out or Path(str(Path(input).with_suffix("")) + ".eval")  # type: ignore[arg-type]
+    check_writable(directory)  # before the scoring, which a bad folder would throw away
     chosen = load_judge(config.measuring_judge(judge))
     from mbias.eval.metrics import evaluate, paper_table
     from mbias.eval.report import evaluation_report
 
     with _progress(len(rows)) as advance:
         evaluation = evaluate(rows, chosen, source, output, group_column, on_progress=advance)
-    directory = out or Path(str(Path(input).with_suffix("")) + ".eval")  # type: ignore[arg-type]
-    directory.mkdir(parents=True, exist_ok=True)
     table = paper_table([(output, evaluation.summary)])
-    write_records(directory / "rows.jsonl", evaluation.rows)
+    write_records(directory / "rows.jsonl", evaluation.rows, reads=[input])
     _write_json(directory / "summary.json", evaluation.summary)
     (directory / "table.md").write_text(table + "\n", encoding="utf-8")
     notes = [
@@ -138,6 +138,7 @@ def _paper(judge: Any, data: Path, out: Path, limit: int | None) -> None:
     from mbias.eval.paper import rescore, total_rows
     from mbias.eval.report import evaluation_report
 
+    check_writable(out)
     with _progress(total_rows(data, limit)) as advance:
         result = rescore(judge, data, limit=limit, on_progress=advance)
     markdown = result.markdown()

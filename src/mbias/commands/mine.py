@@ -48,7 +48,7 @@ def mine(
         from mbias.judges.embedded import EmbeddedJudge
 
         similarity = EmbeddedJudge().similarity
-    with RecordWriter(output, resume=resume) as writer:
+    with RecordWriter(output, resume=resume, reads=data) as writer:
         todo = sum(r["id"] not in writer.done_ids for r in records)
         start = time.perf_counter()
         with progress_bar("mine") as progress:

@@ -12,7 +12,7 @@ import typer
 from mbias import config
 from mbias.commands.common import Escalate, Retries, console, progress_bar, rate_text
 from mbias.intervene import DebiasSettings
-from mbias.records import write_records
+from mbias.records import check_writable, write_records
 
 
 def probe(
@@ -43,6 +43,7 @@ def probe(
 
     directory = Path(data or config.data_dir())
     total = len(sample_statements(directory / STATEMENTS, per_group, seed))
+    check_writable(out)  # before the rewriting, which a bad folder would throw away
     chosen = load_judge(config.measuring_judge(judge))
     start = time.perf_counter()
     with progress_bar("probe") as progress:

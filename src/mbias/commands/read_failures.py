@@ -23,7 +23,8 @@ from typing import Annotated
 
 import typer
 
-from mbias.records import read_records, write_records
+from mbias.errors import MbiasError
+from mbias.records import check_writable, read_records, read_rows, write_records
 from mbias.train.mine import CHANGED, COPIED, LOOPED, LOST, READ_LOST, READ_UNSAFE, read_failures, readable
 
 WHOLE = ("toxigen_",)  # by default the ToxiGen-style files are read in full; the others are sampled
@@ -54,7 +55,11 @@ def sheets(
     seed: int = 11,
 ) -> None:
     """Blind sheets (text, candidate, empty labels) of the rewrites only a reader can judge."""
-    rows = [r for r in read_records(mined, "biased_text") if readable(r)]
+    rows = read_records(mined, "biased_text")
+    missing = [k for k in ("debiased_text", "model_output") if k not in rows[0]]
+    if missing:
+        raise MbiasError(f"{mined}: no {' or '.join(missing)} column: sheets read what `mbias mine` wrote")
+    rows = [r for r in rows if readable(r)]
     rng = random.Random(seed)
     read_whole = {_source(r) for r in rows if _from_any(r, whole or WHOLE)}
     picks = [r for r in rows if _source(r) in read_whole]
@@ -62,7 +67,10 @@ def sheets(
         pool = [r for r in rows if _source(r) == source]
         picks += rng.sample(pool, min(per_file, len(pool)))
     rng.shuffle(picks)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    taken = sorted(out_dir.glob("sheet-*.jsonl")) if out_dir.is_dir() else []
+    if taken:  # readers may have labelled them: never write over a sheet
+        raise MbiasError(f"{taken[0]}: exists (it may hold readers' labels); choose another --out-dir")
+    check_writable(out_dir)
     size = -(-len(picks) // sheets)
     for i in range(sheets):
         chunk = picks[i * size : (i + 1) * size]
@@ -81,12 +89,12 @@ def pairs(mined: Path, labelled: list[Path], out: Annotated[Path, typer.Option()
     """Join the readers' labels with the mined rows: rejected_text = the rewrite a reader failed."""
     labels = {}
     for path in labelled:
-        for row in map(json.loads, path.read_text().splitlines()):
+        for row in read_rows(path):
             if row.get("unsafe") not in (0, 1) or row.get("meaning_kept") not in (0, 1):
                 raise typer.BadParameter(f"{path}: a row has no 0/1 unsafe and meaning_kept yet")
             labels[(row["text"], row["candidate"])] = row
     written, counts = read_failures(read_records(mined, "biased_text"), labels)
-    write_records(out, written)
+    write_records(out, written, reads=[mined, *labelled])
     typer.echo(f"wrote {out}: " + ", ".join(f"{n} {why}" for why, n in counts.most_common()))
 
 
@@ -106,10 +114,10 @@ def select(
     if unknown:
         raise typer.BadParameter(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     wanted = {KINDS[k] for k in kind}
-    rows = [r for r in map(json.loads, pairs.read_text().splitlines()) if r.get("failure") in wanted]
+    rows = [r for r in read_rows(pairs) if r.get("failure") in wanted]
     if source:
         rows = [r for r in rows if _from_any(r, source)]
-    write_records(out, rows)
+    write_records(out, rows, reads=[pairs])
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 

@@ -45,7 +45,7 @@ def score(
             typer.echo(json.dumps(record, ensure_ascii=False) if format == "json" else _line(record))
         return
     destination = output or str(default_output(input, "scored"))
-    with RecordWriter(destination, resume=resume) as writer:
+    with RecordWriter(destination, resume=resume, reads=[input]) as writer:
         pending = list(iter_pending(records, writer.done_ids))
         start = time.perf_counter()
         with progress_bar("score") as progress:
