@@ -116,6 +116,10 @@ def test_read_records_formats(tmp_path):
     assert [r["id"] for r in read_records(tmp_path / "a.jsonl")] == ["k", "m"]
     write_records(tmp_path / "b.parquet", records)
     assert [r["text"] for r in read_records(tmp_path / "b.parquet")] == ["hello", "world"]
+    (tmp_path / "bom.jsonl").write_text('{"text": "first"}\n', encoding="utf-8-sig")
+    assert [r["text"] for r in read_records(tmp_path / "bom.jsonl")] == ["first"]
+    (tmp_path / "array.json").write_text('[\n  {"text": "one"},\n  {"text": "two"}\n]\n', encoding="utf-8")
+    assert [r["text"] for r in read_records(tmp_path / "array.json")] == ["one", "two"]
     (tmp_path / "two.csv").write_text("id,text,body\n1,A title,Women are bad drivers.\n", encoding="utf-8")
     [record] = read_records(tmp_path / "two.csv", "body")
     assert (record["text"], record["file_text"]) == ("Women are bad drivers.", "A title")

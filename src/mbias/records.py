@@ -54,7 +54,12 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     try:
         if fmt == "jsonl":
             rows = []
-            with path.open(encoding="utf-8") as handle:
+            # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first row
+            with path.open(encoding="utf-8-sig") as handle:
+                if path.suffix.lower() == ".json" and handle.read(1) == "[":  # one JSON array of objects
+                    handle.seek(0)
+                    return _json_array(path, handle.read())
+                handle.seek(0)
                 for number, line in enumerate(handle, 1):
                     if not line.strip():
                         continue
@@ -84,6 +89,16 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MbiasError(f"{path}: cannot read as {fmt}: {first_line}") from None
+
+
+def _json_array(path: Path, text: str) -> list[dict[str, Any]]:
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MbiasError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise MbiasError(f"{path}: a JSON array must hold objects, one per record")
+    return rows
 
 
 def _load_hf_dataset(ref: str) -> list[dict[str, Any]]:
