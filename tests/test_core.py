@@ -184,6 +184,12 @@ def test_resume_drops_a_half_written_last_line_and_refuses_a_file_without_ids(tm
         assert resumed.done_ids == {"0"}
         resumed.write({"id": "1", "text": "b"})
     assert [r["id"] for r in read_records(out)] == ["0", "1"]
+    whole = tmp_path / "whole.jsonl"
+    whole.write_text('{"id": "0", "text": "a"}\n{"id": "1", "text": "b"}', encoding="utf-8")  # no newline
+    with RecordWriter(whole, resume=True) as resumed:
+        assert resumed.done_ids == {"0", "1"}  # a whole last record is kept, not cut
+        resumed.write({"id": "2", "text": "c"})
+    assert [r["id"] for r in read_records(whole)] == ["0", "1", "2"]
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("foo,bar\n1,2\n", encoding="utf-8")
     with pytest.raises(MbiasError, match="no id column"):

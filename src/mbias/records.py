@@ -232,27 +232,35 @@ def check_writable(folder: Path) -> None:
         raise MbiasError(f"{folder}: cannot write there ({exc.strerror or type(exc).__name__})") from None
 
 
-def _drop_partial_line(path: Path) -> None:
+def _drop_partial_line(path: Path, json_lines: bool) -> None:
     """Cut a last line that a killed job left half-written (no newline at its end): its record was
-    never finished, and resuming writes it again."""
+    never finished, and resuming writes it again. A JSON line that is whole only lacks its newline."""
     with path.open("rb+") as handle:
-        handle.seek(0, 2)
-        size = handle.tell()
+        size = handle.seek(0, 2)
         if not size:
             return
         handle.seek(size - 1)
         if handle.read(1) == b"\n":
             return
-        step, end = 1 << 16, size
-        while end > 0:
+        cut, end, step = 0, size, 1 << 16
+        while end > 0 and not cut:  # the start of the last line: after the last newline
             start = max(0, end - step)
             handle.seek(start)
             newline = handle.read(end - start).rfind(b"\n")
-            if newline >= 0:
-                handle.truncate(start + newline + 1)
-                return
+            cut = start + newline + 1 if newline >= 0 else 0
             end = start
-        handle.truncate(0)
+        handle.seek(cut)
+        if json_lines and _is_json_object(handle.read()):
+            handle.write(b"\n")
+        else:
+            handle.truncate(cut)
+
+
+def _is_json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return False
 
 
 class RecordWriter:
@@ -278,7 +286,7 @@ class RecordWriter:
         self.done_ids: set[str] = set()
         if resume:
             if self.sink.exists() and (self.sink != self.path or self.format != "parquet"):
-                _drop_partial_line(self.sink)
+                _drop_partial_line(self.sink, json_lines=self.sink != self.path or self.format == "jsonl")
             existing = self._existing()
             if existing and "id" not in existing[0]:
                 raise MbiasError(f"{self.path}: has no id column: not an output this command can resume")
