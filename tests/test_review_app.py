@@ -189,3 +189,44 @@ def test_review_refuses_to_listen_on_the_network_without_a_token(store, monkeypa
     assert isinstance(result.exception, MbiasError) and "--token" in str(result.exception)
     result = CliRunner().invoke(app, ["review", "--db", str(store.path.with_name("missing.db"))])
     assert isinstance(result.exception, MbiasError) and "no such annotation database" in str(result.exception)
+
+
+def test_a_decision_that_is_not_saved_keeps_the_reviewers_typed_text(store):
+    alice = sign_in(client_for(store, reviews_needed=2), "alice")
+    bob = sign_in(client_for(store, reviews_needed=2), "bob")
+    alice_page, bob_page = alice.get("/item/2").text, bob.get("/item/2").text
+    alice.post("/item/2", data={"csrf": csrf_of(alice_page), "action": "reject", "version": "0"})
+    typed = "Some drivers need more practice than others."
+    conflict = bob.post(
+        "/item/2", data={"csrf": csrf_of(bob_page), "action": "edit", "version": "0", "text": typed}
+    )
+    assert conflict.status_code == 409 and "changed while you were looking" in conflict.text
+    assert f">{typed}</textarea>" in conflict.text  # not the model's candidate: what bob typed
+    bob.post(
+        "/item/2", data={"csrf": csrf_of(conflict.text), "action": "edit", "version": "1", "text": typed}
+    )
+    assert f">{typed}</textarea>" in bob.get("/item/2").text  # reopened: his own edit, to fix a typo
+
+
+def test_numbers_past_what_sqlite_stores_and_oversized_chunked_forms_are_refused(store):
+    client = sign_in(client_for(store), "alice")
+    huge = "99999999999999999999999"
+    assert client.get(f"/item/{huge}").status_code == 404
+    assert client.get(f"/next?after={huge}", follow_redirects=False).status_code in (200, 303)
+    page = client.get("/item/2").text
+    assert (
+        client.post("/item/2", data={"csrf": csrf_of(page), "action": "reject", "version": huge}).status_code
+        == 400
+    )
+
+    def chunks():  # no Content-Length: the size is only known while reading
+        yield f"csrf={csrf_of(page)}&action=edit&version=0&text=START".encode()
+        for _ in range(100):
+            yield b"z" * 1024
+        yield b"END"
+
+    response = client.post(
+        "/item/2", content=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 413
+    assert store.item(2)["status"] == "pending"  # a cut edit is never saved

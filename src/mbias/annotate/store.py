@@ -161,6 +161,8 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if "file is not a database" in str(exc):
                 raise MbiasError(f"{self.path}: not an SQLite database") from None
+            if isinstance(exc, sqlite3.OperationalError):  # read-only, locked, gone: the setting's fault
+                raise MbiasError(f"{self.path}: {exc}") from None
             raise
         finally:
             db.close()
@@ -194,6 +196,12 @@ class Store:
                 db.execute("INSERT INTO meta VALUES ('secret', ?)", (secrets.token_urlsafe(32),))
         if found is not None and found[0] != SCHEMA_VERSION:
             raise MbiasError(f"{self.path}: schema version {found[0]}, this mbias reads {SCHEMA_VERSION}")
+
+    def require_writable(self) -> None:
+        """Refuse a database this process cannot write (a read-only file, folder or mount) before
+        anyone reviews, instead of on their first decision."""
+        with self._transaction() as db:
+            db.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
 
     @staticmethod
     def _audit(

@@ -36,6 +36,7 @@ CSP = (
 )
 ACTIONS = {"accept": "accepted", "edit": "edited", "reject": "rejected"}
 MAX_FORM_BYTES = 64 * 1024
+SQLITE_MAX = 2**63 - 1  # the largest integer SQLite stores: ids and versions past it are no item
 METRIC_ORDER = ("toxicity", "bias", "similarity")
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,40}$")
 
@@ -66,6 +67,7 @@ def create_app(
     how many different reviewers should see each item (2 or more measures agreement).
     ``allowed_hosts``: Host headers to answer (guards a loopback server against DNS rebinding)."""
     store = Store(db, create=False)
+    store.require_writable()
     secret = store.secret()
     expected_auth = _fingerprint(secret, token)
     env = _environment()
@@ -92,7 +94,7 @@ def create_app(
         context.update(
             reviewer=request.session.get("reviewer"),
             csrf=request.session.setdefault("csrf", secrets.token_urlsafe(32)),
-            flash=request.session.pop("flash", None),
+            flash=context.pop("flash", None) or request.session.pop("flash", None),
         )
         return HTMLResponse(env.get_template(template).render(**context), status_code=status)
 
@@ -101,6 +103,10 @@ def create_app(
         if exc.status_code in (302, 303):
             return RedirectResponse(exc.headers["Location"], status_code=303)
         return render(request, "error.html", exc.status_code, status_code=exc.status_code, message=exc.detail)
+
+    @app.exception_handler(MbiasError)
+    async def store_failed(request: Request, exc: MbiasError) -> Response:  # locked, read-only, moved
+        return render(request, "error.html", 503, status_code=503, message=f"The database failed: {exc}")
 
     def same_origin(request: Request) -> None:
         """Browsers send Origin (and Sec-Fetch-Site) on form posts: refuse any other site's."""
@@ -113,11 +119,15 @@ def create_app(
     async def form(request: Request) -> dict[str, str]:
         """The posted fields, after the origin and CSRF checks every POST goes through."""
         same_origin(request)
-        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
-            raise HTTPException(413, "form too large")
+        declared = request.headers.get("content-length") or "0"
+        if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+            raise HTTPException(413, f"form over {MAX_FORM_BYTES // 1024} KB: nothing was saved")
         body = b""
         if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            body = (await request.body())[: MAX_FORM_BYTES + 1]
+            async for chunk in request.stream():  # a chunked body has no Content-Length to trust
+                body += chunk
+                if len(body) > MAX_FORM_BYTES:  # refused whole: a cut edit must never be saved
+                    raise HTTPException(413, f"form over {MAX_FORM_BYTES // 1024} KB: nothing was saved")
         fields = {
             k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()
         }
@@ -177,11 +187,19 @@ def create_app(
 
     @app.get("/next")
     def next_item(request: Request, after: int = 0, name: str = Depends(reviewer)) -> Response:
-        return go_next(request, name, after)
+        return go_next(request, name, min(max(after, 0), SQLITE_MAX))
 
-    @app.get("/item/{item_id}", response_class=HTMLResponse)
-    def show_item(request: Request, item_id: int, name: str = Depends(reviewer)) -> Response:
-        item = store.item(item_id)
+    def item_page(
+        request: Request,
+        item_id: int,
+        name: str,
+        status: int = 200,
+        draft: str | None = None,
+        error: str = "",
+    ) -> Response:
+        """The item's page; ``draft`` fills the edit box (a decision that was not saved keeps the
+        reviewer's text), else their own earlier edit, else the candidate they start from."""
+        item = store.item(item_id) if 0 <= item_id <= SQLITE_MAX else None
         if item is None:
             raise HTTPException(404, f"no item {item_id}")
         for candidate in item["candidates"]:
@@ -191,15 +209,24 @@ def create_app(
             (c for c in item["candidates"] if c["chosen"]),
             item["candidates"][0] if item["candidates"] else None,
         )
+        if draft is None and mine and mine["decision"] == "edited":
+            draft = mine["final_text"]
         return render(
             request,
             "item.html",
+            status,
             item=item,
             mine=mine,
             others=sum(r["reviewer"] != name for r in item["reviews"]),
             start=start,
+            draft=draft,
             progress=progress(name),
+            flash={"kind": "error", "text": error} if error else None,
         )
+
+    @app.get("/item/{item_id}", response_class=HTMLResponse)
+    def show_item(request: Request, item_id: int, name: str = Depends(reviewer)) -> Response:
+        return item_page(request, item_id, name)
 
     @app.post("/item/{item_id}")
     def decide(
@@ -211,18 +238,17 @@ def create_app(
             candidate = int(fields["candidate"]) if fields.get("candidate") else None
         except ValueError:
             raise HTTPException(400, "malformed form: version and candidate must be numbers") from None
+        if not all(0 <= n <= SQLITE_MAX for n in (item_id, version, candidate or 0)):
+            raise HTTPException(400, "malformed form: a number out of range")
         if decision is None:
             raise HTTPException(400, "unknown action; use accept, edit or reject")
+        draft = fields.get("text") if decision == "edited" else None
         try:
-            saved = store.decide(
-                item_id, name, decision, version, candidate_id=candidate, text=fields.get("text")
-            )
-        except Conflict as exc:
-            request.session["flash"] = {"kind": "error", "text": str(exc)}
-            return RedirectResponse(f"/item/{item_id}", status_code=303)
+            saved = store.decide(item_id, name, decision, version, candidate_id=candidate, text=draft)
+        except Conflict as exc:  # the page again, as it is now, with the reviewer's text kept
+            return item_page(request, item_id, name, 409, draft, str(exc))
         except MbiasError as exc:
-            request.session["flash"] = {"kind": "error", "text": f"Not saved: {exc}."}
-            return RedirectResponse(f"/item/{item_id}", status_code=303)
+            return item_page(request, item_id, name, 400, draft, f"Not saved: {exc}.")
         request.session["flash"] = {
             "kind": "ok",
             "text": f"Saved: item {item_id} {saved['decision']}.",
