@@ -168,7 +168,7 @@ def test_a_csv_header_widens_when_a_later_record_brings_a_new_field(tmp_path, su
     out = tmp_path / f"out{suffix}"
     with RecordWriter(out) as writer:
         writer.write({"id": "0", "text": "a", "action": "kept", "reason": "clean"})
-        writer.write({"id": "1", "text": "b", "action": "rewritten", "similarity": 0.8})
+        writer.write({"id": "1", "text": "b" * 200_000, "action": "rewritten", "similarity": 0.8})
     with RecordWriter(out, resume=True) as resumed:
         resumed.write({"id": "2", "text": "c", "action": "flagged", "escalated": True})
     rows = read_records(out)
@@ -208,9 +208,11 @@ def test_outputs_never_overwrite_their_input_nor_start_where_they_cannot_be_writ
     assert source.read_text(encoding="utf-8") == '{"id": "0", "text": "a"}\n'
 
 
-def test_write_records_leaves_the_old_file_when_writing_fails(tmp_path):
-    out = tmp_path / "report.jsonl"
-    out.write_text("old\n", encoding="utf-8")
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_write_records_leaves_the_old_file_when_writing_fails(tmp_path, suffix):
+    out = tmp_path / f"report{suffix}"
+    write_records(out, [{"id": "old", "text": "kept"}])
+    before = out.read_bytes()
 
     def failing():
         yield {"id": "0", "text": "a"}
@@ -218,9 +220,11 @@ def test_write_records_leaves_the_old_file_when_writing_fails(tmp_path):
 
     with pytest.raises(RuntimeError):
         write_records(out, failing())
-    assert out.read_text(encoding="utf-8") == "old\n" and list(tmp_path.iterdir()) == [out]
+    assert out.read_bytes() == before and list(tmp_path.iterdir()) == [out]  # no draft left behind
     write_records(out, [{"id": "1", "text": "b"}])
     assert [r["id"] for r in read_records(out)] == ["1"]
+    write_records(out, [])  # an empty table is still a file of its format
+    assert out.exists() and list(tmp_path.iterdir()) == [out]
 
 
 def test_debiaser_never_returns_empty():

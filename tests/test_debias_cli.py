@@ -211,3 +211,21 @@ def test_screen_margin_decides_whether_a_suspect_reaches_the_model(engine):
     assert reasons["0.35"] != "input judged clean"
     bad = run_cli("debias", *engine, "--screen-margin", "0", "text", env={"MBIAS_JUDGE": "embedded"})
     assert bad.returncode != 0 and b"screen_margin must be in (0, 1]" in bad.stderr
+
+
+def test_ctrl_c_says_the_rows_written_are_kept_and_how_to_go_on(tmp_path, engine):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"r{i}", "text": f"text {i}"}) + "\n" for i in range(60)))
+    out = tmp_path / "out.jsonl"
+    args = [sys.executable, "-m", "mbias.cli", "debias", *engine, "--batch-size", "2", "-i", str(source)]
+    proc = subprocess.Popen(
+        [*args, "-o", str(out)], env={**os.environ, "MBIAS_JUDGE": "none"}, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "mbias: interrupted: rows already written are kept; rerun with --resume" in err.decode()
+    assert "Traceback" not in err.decode()

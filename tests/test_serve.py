@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.testclient import TestClient
 
 from mbias.engines import load_engine
+from mbias.errors import UpstreamError
 from mbias.intervene import Debiaser, DebiasSettings
 from mbias.serve.app import create_app
 from tests.doubles import FixedJudge, ScriptedEngine
@@ -348,7 +349,7 @@ def test_streaming_guard_releases_sentences_and_rewrites_the_flagged_one(policy)
     pieces = [e["choices"][0]["delta"].get("content", "") for e in events[:-1]]
     old = "Ask each idiot on the team for a status update."
     assert len([p for p in pieces if p]) >= 3  # sentences leave as they complete, not at the end
-    assert final["choices"][0]["finish_reason"] == "stop"
+    assert final["choices"][0]["finish_reason"] == ("stop" if policy == "rewrite" else "content_filter")
     [span] = final["mbias"]["spans"]
     assert span["original"] == old and LONG_ANSWER[span["start"] : span["end"]] == old
     if policy == "rewrite":
@@ -480,6 +481,7 @@ def test_streaming_guard_passes_tool_calls_finish_reason_and_usage_through():
     call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
     lines = [
         _delta(role="assistant", content=""),
+        _delta(role="assistant", reasoning_content="the user is an idiot"),  # unchecked text: dropped
         _delta(content="Let me look that up. One moment"),
         _delta(tool_calls=[call]),
         _delta(finish="tool_calls"),
@@ -493,7 +495,8 @@ def test_streaming_guard_passes_tool_calls_finish_reason_and_usage_through():
             with client.stream("POST", "/v1/chat/completions", json=body) as response:
                 events = _events(response)
     deltas = [e["choices"][0]["delta"] for e in events[:-1]]
-    assert deltas[0] == {"role": "assistant"}
+    assert deltas[0] == {"role": "assistant"} and sum("role" in d for d in deltas) == 1
+    assert not any("reasoning_content" in d for d in deltas)
     text = "".join(d.get("content", "") for d in deltas)
     assert text == "Let me look that up. One moment"
     tool = next(i for i, d in enumerate(deltas) if "tool_calls" in d)
@@ -541,10 +544,14 @@ def test_upstream_retries_stop_at_the_requests_deadline():
     with serve_in_thread(app) as base_url:
         upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.2, retries=5)
         start = time.monotonic()
-        with pytest.raises(Exception, match="HTTP 503"):
-            upstream.request("POST", "/chat/completions", {}, deadline=start + 0.5)
-        assert time.monotonic() - start < 0.6
-        assert 1 <= len(calls) <= 2  # 0.2 s then 0.4 s of backoff: the third try would pass the deadline
+        with pytest.raises(UpstreamError, match="HTTP 503"):
+            upstream.request("POST", "/chat/completions", {}, deadline=start + 1.5)
+        assert time.monotonic() - start < 1.5
+        # tries at 0, 0.2 and 0.6 s; the next, after 0.8 s more, would leave under 0.5 s to answer
+        assert len(calls) == 3
+        with pytest.raises(UpstreamError, match="no time was left") as late:
+            upstream.request("POST", "/chat/completions", {}, deadline=time.monotonic() + 0.1)
+        assert late.value.status == 504 and len(calls) == 3
 
 
 def test_metrics_count_failed_and_refused_requests():
@@ -560,3 +567,54 @@ def test_metrics_count_failed_and_refused_requests():
         text = client.get("/metrics").text
     assert 'mbias_requests_total{path="/v1/score",status="500"} 1.0' in text
     assert 'status="413"' in text
+
+
+def test_a_stream_that_finishes_without_done_is_whole_and_a_blocked_answer_calls_no_tool():
+    from mbias.serve.background import serve_in_thread
+
+    finished = [_delta(content="All good here. Have a nice day."), _delta(finish="stop")]  # no [DONE]
+    with serve_in_thread(_scripted_upstream({"stream": finished})) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        body = {"messages": [], "stream": True}
+        with (
+            make_client(upstream=upstream) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            events = _events(response)
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "stop"
+    assert not any("error" in e for e in events[:-1])
+
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "delete_files", "arguments": '{"q": "\ud800"}'},
+    }
+    answer = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {"role": "assistant", "content": "you idiot", "tool_calls": [call]},
+            }
+        ]
+    }
+    with serve_in_thread(_scripted_upstream(answer)) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        rewriter = ScriptedEngine(["still an idiot"])  # nothing fixes it: flagged, and blocked
+        with make_client(rewriter, upstream=upstream, on_flagged="block", block_message="BLOCKED") as client:
+            [choice] = client.post("/v1/chat/completions", json={"messages": []}).json()["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "BLOCKED"}
+    assert choice["finish_reason"] == "content_filter"
+
+
+def test_guard_refuses_content_it_cannot_read_instead_of_passing_it_unchecked():
+    from mbias.serve.background import serve_in_thread
+
+    parts = {
+        "choices": [{"message": {"role": "assistant", "content": [{"type": "text", "text": "you idiot"}]}}]
+    }
+    with serve_in_thread(_scripted_upstream(parts)) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        with make_client(upstream=upstream) as client:
+            response = client.post("/v1/chat/completions", json={"messages": []})
+    assert response.status_code == 502 and "cannot read" in response.json()["error"]["message"]

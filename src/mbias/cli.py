@@ -34,6 +34,7 @@ for _module in pkgutil.iter_modules(mbias.commands.__path__):
 
 
 # typer >= 0.29 carries its own copy of click: its error classes are reached through a public one
+RESUMABLE = ("debias", "score", "mine")  # commands whose --output file a rerun continues
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
@@ -56,8 +57,11 @@ def main() -> None:
         print(f"mbias: error: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        print("mbias: interrupted; rows already written are kept: rerun with --resume", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    if code == 130:  # typer answers Ctrl-C with exit code 130
+        resumable = len(sys.argv) > 1 and sys.argv[1] in RESUMABLE
+        more = ": rows already written are kept; rerun with --resume to go on" if resumable else ""
+        print(f"mbias: interrupted{more}", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

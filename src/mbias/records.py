@@ -17,6 +17,7 @@ from typing import Any
 
 from mbias.errors import MbiasError
 
+csv.field_size_limit(2**31 - 1)  # a long answer is one cell: more than the module's 128 KiB default
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
 TEXT_COLUMN_GUESSES = ("text", "biased_text", "toxic", "sentence", "comment")
 Record = dict[str, Any]
@@ -56,8 +57,8 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             rows = []
             # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first row
             with path.open(encoding="utf-8-sig") as handle:
-                if path.suffix.lower() == ".json" and handle.read(1) == "[":  # one JSON array of objects
-                    handle.seek(0)
+                if path.suffix.lower() == ".json" and handle.read(4096).lstrip().startswith("["):
+                    handle.seek(0)  # one JSON array of objects
                     return _json_array(path, handle.read())
                 handle.seek(0)
                 for number, line in enumerate(handle, 1):
@@ -187,6 +188,18 @@ def lone_surrogate(text: str) -> int | None:
 def valid_unicode(text: str) -> str:
     """``text`` with each lone surrogate replaced by U+FFFD, as a UTF-8 decoder would have."""
     return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def repair_unicode(value: Any) -> Any:
+    """``value`` (parsed JSON) with every string through :func:`valid_unicode`: what an upstream
+    sent can then be encoded, whichever field held the lone surrogate."""
+    if isinstance(value, str):
+        return valid_unicode(value)
+    if isinstance(value, list):
+        return [repair_unicode(v) for v in value]
+    if isinstance(value, dict):
+        return {repair_unicode(k): repair_unicode(v) for k, v in value.items()}
+    return value
 
 
 def texts_to_records(texts: Iterable[str]) -> list[Record]:
@@ -387,21 +400,27 @@ def write_records(
     only when every record is written, so a failure leaves what was there. ``reads`` as for
     RecordWriter."""
     path = Path(path)
+    fmt = file_format(path)
+    if path.is_dir():
+        raise MbiasError(f"{path}: is a directory, expected a file")
     refuse_overwriting_input(path, reads)
     draft = path.with_name(f".{path.name}.writing{path.suffix}")
-    if draft.exists():
-        draft.unlink()
+    leftovers = (draft, draft.with_name(draft.name + ".partial.jsonl"))  # Parquet writes via a sink
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
     try:
         with RecordWriter(draft) as writer:
             for record in records:
                 writer.write(record)
-        if draft.exists():
-            draft.replace(path)
-        else:  # no record: an empty file, as before
-            path.write_text("", encoding="utf-8")
+        if not draft.exists():  # no record: an empty table
+            if fmt == "parquet":
+                write_parquet(draft, [])
+            else:
+                draft.write_text("", encoding="utf-8")
+        draft.replace(path)
     finally:
-        if draft.exists():
-            draft.unlink()
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
 
 
 def iter_pending(records: list[Record], done_ids: set[str]) -> Iterator[Record]:

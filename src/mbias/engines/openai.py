@@ -20,6 +20,7 @@ from mbias.errors import MbiasError, UpstreamError
 from mbias.prompts import STOP_STRINGS
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MIN_TRY_SECONDS = 0.5  # a try with less time left than this before a deadline is not started
 
 
 def _unreachable(url: str, exc: httpx.HTTPError) -> UpstreamError:
@@ -79,10 +80,10 @@ class OpenAIEngine:
         """One API call with retries; the guard proxy forwards whole chat requests through it.
         ``deadline`` (time.monotonic()) bounds every try and the waits between them, so a client
         that was answered 504 leaves no retries running behind it."""
-        error = UpstreamError("")
+        error = UpstreamError(f"upstream {self.base_url}{path}: no time was left to ask it", 504)
         for attempt in range(self.retries + 1):
             left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            if left is not None and left < MIN_TRY_SECONDS:  # too short for an answer: do not start
                 break
             timeout = self.client.timeout if left is None else httpx.Timeout(min(left, self.timeout))
             try:
@@ -99,16 +100,18 @@ class OpenAIEngine:
                 if response.status_code not in RETRY_STATUS:
                     break
             wait = self.backoff * 2**attempt
-            if attempt == self.retries or (deadline is not None and time.monotonic() + wait >= deadline):
+            late = deadline is not None and time.monotonic() + wait + MIN_TRY_SECONDS > deadline
+            if attempt == self.retries or late:
                 break
             time.sleep(wait)
         raise error
 
     def stream_chat(self, payload: dict) -> Iterator[dict]:
         """A streamed chat completion: each Server-Sent Event's JSON chunk, until ``[DONE]``. A
-        stream that ends without it, or carries an error event, raises: a cut answer must not
-        pass for a whole one."""
+        stream that ends with neither it nor a finish reason (some servers send no ``[DONE]``), or
+        carries an error event, raises: a cut answer must not pass for a whole one."""
         path, url = "/chat/completions", f"{self.base_url}/chat/completions"
+        finished = False
         try:
             with self.client.stream("POST", path, json={**payload, "stream": True}) as response:
                 if response.status_code >= 400:
@@ -128,10 +131,15 @@ class OpenAIEngine:
                         error = chunk["error"]
                         message = error.get("message") if isinstance(error, dict) else error
                         raise UpstreamError(f"{url} streamed an error: {str(message)[:200]}")
+                    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                    finished = finished or any(
+                        isinstance(c, dict) and c.get("finish_reason") for c in choices or []
+                    )
                     yield chunk
         except httpx.HTTPError as exc:
             raise _unreachable(url, exc) from None
-        raise UpstreamError(f"{url} ended its stream before [DONE]: the answer may be cut")
+        if not finished:
+            raise UpstreamError(f"{url} ended its stream with no finish reason nor [DONE]: it may be cut")
 
     def _first_model(self) -> str:
         models = self.request("GET", "/models").get("data") or []

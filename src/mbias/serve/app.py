@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mbias.engines.openai import OpenAIEngine
 from mbias.errors import MbiasError, UpstreamError
 from mbias.intervene import Debiaser
-from mbias.records import lone_surrogate, valid_unicode
+from mbias.records import lone_surrogate, repair_unicode
 from mbias.serve.batcher import MicroBatcher, Overloaded
 from mbias.serve.limits import (
     MAX_BODY_BYTES,
@@ -254,17 +254,22 @@ def create_app(
             request_timeout,
             run_in_threadpool(upstream.request, "POST", "/chat/completions", payload, deadline=deadline),
         )
+        answer = repair_unicode(answer)
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list):
             raise UpstreamError(f"upstream {upstream.base_url} answered without a list of choices")
         # a choice without text (a tool call, an empty answer) has nothing to check: it passes as it is
-        texts = [_answer_text(c) for c in choices]
+        texts = [_answer_text(c, upstream.base_url) for c in choices]
         checked = [(c, t) for c, t in zip(choices, texts) if t]
         records = await debiased([{"id": str(i), "text": t} for i, (_, t) in enumerate(checked)])
         for (choice, _), record in zip(checked, records):
             choice["message"]["content"] = _apply_policy(record, on_flagged, block_message)
             choice["mbias"] = {k: record[k] for k in ("action", "reason", "spans") if k in record}
             choice["mbias"]["policy"] = on_flagged if record["action"] == "flagged" else None
+            if record["action"] == "flagged" and on_flagged == "block":  # a blocked answer calls no tool
+                choice["message"].pop("tool_calls", None)
+                choice["message"].pop("function_call", None)
+                choice["finish_reason"] = "content_filter"
             metrics.spans(record.get("spans", []))
         return answer
 
@@ -289,11 +294,14 @@ def _choices_asked(payload: dict[str, Any]) -> int:
     return n
 
 
-def _answer_text(choice: Any) -> str:
-    """A non-streamed choice's text, lone surrogates replaced; "" when it holds none."""
+def _answer_text(choice: Any, upstream: str) -> str:
+    """A non-streamed choice's text; "" when it holds none. Content in parts is refused (502):
+    what the guard cannot read must not pass unchecked."""
     message = choice.get("message") if isinstance(choice, dict) else None
     content = message.get("content") if isinstance(message, dict) else None
-    return valid_unicode(content) if isinstance(content, str) else ""
+    if content is not None and not isinstance(content, str):
+        raise UpstreamError(f"upstream {upstream} answered content the guard cannot read (not a string)")
+    return content or ""
 
 
 def _error(

@@ -17,8 +17,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from mbias.errors import MbiasError, UpstreamError
-from mbias.records import Record, valid_unicode
+from mbias.errors import MbiasError
+from mbias.records import Record, repair_unicode
 from mbias.segment import split_sentences
 
 FENCE = "```"
@@ -28,13 +28,22 @@ QUEUE_CHUNKS = 4096  # upstream chunks read ahead while a piece is being checked
 _END = object()
 
 
+# Delta fields that pass through beside the checked text; others (reasoning, refusal) are text
+# the guard does not check, so they do not leave.
+PASSED_DELTA = ("role", "tool_calls", "function_call")
+
+
+class _UpstreamFailed(MbiasError):
+    """What the upstream's stream raised, told apart from the guard's own failures."""
+
+
 async def _pump(chunks: AsyncIterator[dict[str, Any]], queue: asyncio.Queue[Any]) -> None:
     """Read the upstream into ``queue`` while the guard checks; an error goes in as an item."""
     try:
         async for item in chunks:
-            await queue.put(item)
+            await queue.put(repair_unicode(item))
     except Exception as exc:  # handed to the consumer, which reports it in the stream
-        await queue.put(exc)
+        await queue.put(_UpstreamFailed(str(exc) if isinstance(exc, MbiasError) else repr(exc)))
     await queue.put(_END)
 
 
@@ -98,6 +107,7 @@ async def guarded_stream(
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     reader = asyncio.create_task(_pump(chunks, queue))
     finish: str | None = None  # the upstream's own finish reason ("length", "tool_calls", ...)
+    role_sent, blocked = False, False
     usage: Any = None
     failure: dict[str, Any] | None = None
     try:
@@ -120,8 +130,11 @@ async def guarded_stream(
                 choice = (item.get("choices") or [{}])[0]
                 finish = choice.get("finish_reason") or finish
                 delta = choice.get("delta") or {}
-                pending += valid_unicode(delta.get("content") or "")
-                other = {k: v for k, v in delta.items() if k != "content" and v is not None}
+                pending += delta.get("content") or ""
+                other = {k: delta[k] for k in PASSED_DELTA if delta.get(k) is not None}
+                if other.get("role") and role_sent:
+                    other.pop("role")  # some servers repeat it in every chunk: it leaves once
+                role_sent = role_sent or bool(other.get("role"))
                 if pending and set(other) - {"role"}:  # a tool call: the text before it is finished
                     event, stop = await release(pending)
                     pending = ""
@@ -131,6 +144,7 @@ async def guarded_stream(
                 if other:
                     yield chunk(other)
             if stop:
+                blocked = True
                 break
             cut = ready_prefix(pending)
             if cut:
@@ -138,13 +152,13 @@ async def guarded_stream(
                 pending = pending[cut:]
                 yield event
                 if stop:
-                    pending = ""
+                    pending, blocked = "", True
                     break
         if pending:
             event, _ = await release(pending)
             yield event
     except Exception as exc:  # reported in the stream: the client already has a 200 and earlier text
-        upstream = isinstance(exc, UpstreamError)
+        upstream = isinstance(exc, _UpstreamFailed)
         if upstream and pending:  # what the upstream sent before failing is checked and kept
             try:
                 event, _ = await release(pending)
@@ -160,5 +174,6 @@ async def guarded_stream(
     if failure:  # no finish chunk: the answer did not finish
         yield sse({"error": failure, "mbias": report})
     else:
-        yield chunk({}, finish or "stop", mbias=report, **({"usage": usage} if usage else {}))
+        reason = "content_filter" if blocked else finish or "stop"  # a blocked answer calls no tool
+        yield chunk({}, reason, mbias=report, **({"usage": usage} if usage else {}))
     yield sse("[DONE]")
