@@ -434,6 +434,9 @@ def test_export_writes_kept_pairs_with_provenance(tmp_path):
     )
 
     assert [p["item_id"] for p in training_pairs(store, min_reviews=2)] == [accepted]
+    store.decide(rejected, "bob", "accepted", 1, candidate_id=store.item(rejected)["candidates"][0]["id"])
+    assert store.item(rejected)["status"] == "accepted"  # bob decided last, but alice rejected it
+    assert rejected not in [p["item_id"] for p in training_pairs(store, min_reviews=2)]
     for suffix in ("csv", "parquet"):
         path = tmp_path / f"train.{suffix}"
         result = runner.invoke(

@@ -270,6 +270,12 @@ def test_resume_continues_from_the_last_checkpoint(trained, tiny_model_dir, tmp_
     shutil.copytree(output, run)
     with pytest.raises(MbiasError, match="--resume"):
         train(_config(tiny_model_dir, "max_steps=12"), [str(data)], run)
+    with pytest.raises(MbiasError, match="no checkpoint to resume from"):
+        train(_config(tiny_model_dir, "max_steps=12"), [str(data)], tmp_path / "fresh", resume=True)
+    (tmp_path / "a-file").write_text("keep me")
+    with pytest.raises(MbiasError, match="is a file"):
+        train(_config(tiny_model_dir, "max_steps=12"), [str(data)], tmp_path / "a-file")
+    assert (tmp_path / "a-file").read_text() == "keep me" and not (tmp_path / "fresh").exists()
     logged_before = len((run / "train_log.jsonl").read_text().splitlines())
     summary = train(_config(tiny_model_dir, "max_steps=12", "save_steps=4"), [str(data)], run, resume=True)
     assert summary["resumed_from"].endswith("checkpoint-8")

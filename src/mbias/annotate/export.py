@@ -1,7 +1,8 @@
 """Reviewed items as training pairs in the paper's schema, each with where it came from.
 
-An item is exported when its status (set by its latest review) is ``accepted`` or ``edited`` and it
-has at least ``min_reviews`` reviews; the target is the latest review's text.
+An item is exported when its status (set by its latest review) is ``accepted`` or ``edited``, it
+has at least ``min_reviews`` reviews, and no reviewer rejected it (reviewers who disagree leave the
+item out, whoever decided last); the target is the latest review's text.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def _candidate_origin(review: dict[str, Any]) -> str:
 def training_pairs(store: Store, min_reviews: int = 1) -> list[Record]:
     pairs = []
     for item in store.reviewed_items(min_reviews):
+        if any(review["decision"] == "rejected" for review in item["reviews"]):
+            continue
         final = item["reviews"][-1]
         record: Record = {
             "id": f"item-{item['id']}",

@@ -209,9 +209,13 @@ def train(
     from mbias.train.data import load_training_data
 
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise MbiasError(f"{output}: is a file; --output takes a run directory")
     if config.init_adapter and not (Path(config.init_adapter) / "adapter_config.json").exists():
         raise MbiasError(f"init_adapter={config.init_adapter}: no adapter_config.json there")
     checkpoint = last_checkpoint(output)
+    if resume and checkpoint is None:
+        raise MbiasError(f"{output}: no checkpoint to resume from; drop --resume to start a run there")
     if not resume and output.exists() and any(p.name not in SET_UP_FILES for p in output.iterdir()):
         raise MbiasError(
             f"{output}: already holds a run; pass --resume to continue it or choose another --output"
