@@ -189,6 +189,14 @@ def test_review_refuses_to_listen_on_the_network_without_a_token(store, monkeypa
     assert isinstance(result.exception, MbiasError) and "--token" in str(result.exception)
     result = CliRunner().invoke(app, ["review", "--db", str(store.path.with_name("missing.db"))])
     assert isinstance(result.exception, MbiasError) and "no such annotation database" in str(result.exception)
+    import socket
+
+    with socket.socket() as taken:  # a port another server holds: one line, not uvicorn's log
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(app, ["review", "--db", str(store.path), "--port", port])
+    assert isinstance(result.exception, MbiasError) and "cannot listen on 127.0.0.1" in str(result.exception)
 
 
 def test_a_decision_that_is_not_saved_keeps_the_reviewers_typed_text(store):
@@ -203,8 +211,10 @@ def test_a_decision_that_is_not_saved_keeps_the_reviewers_typed_text(store):
     assert conflict.status_code == 409 and "changed while you were looking" in conflict.text
     assert f">{typed}</textarea>" in conflict.text  # not the model's candidate: what bob typed
     bob.post(
-        "/item/2", data={"csrf": csrf_of(conflict.text), "action": "edit", "version": "1", "text": typed}
+        "/item/2",
+        data={"csrf": csrf_of(conflict.text), "action": "edit", "version": "1", "text": typed + "\x00"},
     )
+    assert store.item(2)["reviews"][-1]["final_text"] == typed  # a pasted control character is dropped
     assert f">{typed}</textarea>" in bob.get("/item/2").text  # reopened: his own edit, to fix a typo
 
 

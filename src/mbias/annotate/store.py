@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -96,6 +97,14 @@ CREATE INDEX IF NOT EXISTS audit_entity ON audit_log(entity, entity_id);
 
 class Conflict(MbiasError):
     """Someone changed the item after this reviewer loaded it; nothing was saved."""
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _printable(text: str) -> str:
+    """An edit without control characters (a NUL pasted in would reach the training data)."""
+    return _CONTROL.sub("", text)
 
 
 def now() -> str:
@@ -426,7 +435,7 @@ class Store:
                     raise MbiasError("accepting needs the candidate to accept")
                 final_text = candidate["text"]
             elif decision == "edited":
-                final_text = (text or "").replace("\r\n", "\n").strip()
+                final_text = _printable((text or "").replace("\r\n", "\n")).strip()
                 if not final_text:
                     raise MbiasError("an edited rewrite cannot be empty; reject the item instead")
                 if candidate is not None and final_text == candidate["text"]:

@@ -98,3 +98,18 @@ def gather_inputs(text: str | None, input: str | None, column: str | None, forma
 def default_output(input_path: str, suffix: str) -> Path:
     path = Path(input_path)
     return path.with_name(f"{path.stem}.{suffix}{path.suffix if path.suffix else '.jsonl'}")
+
+
+def require_free_port(host: str, port: int) -> None:
+    """A one-line error now, before any model loads, when the server could not listen there
+    (uvicorn would log several lines and exit later)."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise MbiasError(f"cannot listen on {host}:{port} ({reason}); try another --port") from None

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mbias.commands.common import console
+from mbias.commands.common import console, require_free_port
 from mbias.errors import MbiasError
 
 TOKEN_ENV = "MBIAS_REVIEW_TOKEN"
@@ -52,6 +52,7 @@ def review(
         f"reviewing {db} at http://{shown}:{port}/ "
         + ("(sign-in token required)" if token else "(no token: anyone on this machine can sign in)")
     )
+    require_free_port(host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import Escalate, Retries, ScreenMargin
+from mbias.commands.common import Escalate, Retries, ScreenMargin, require_free_port
 from mbias.errors import MbiasError
 from mbias.intervene import DebiasSettings
 
@@ -61,6 +61,7 @@ def serve(
 
     if on_flagged not in POLICIES:
         raise MbiasError(f"--on-flagged must be one of {', '.join(POLICIES)}")
+    require_free_port(host, port)
     keys = api_keys(token or (), token_file)
 
     guard = None
