@@ -436,6 +436,20 @@ def _delta(**delta) -> str:
     return "data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
 
+def _guarded_stream(lines: list[str]) -> list:
+    """The events the streaming guard sends for an upstream that streams these raw SSE lines."""
+    from mbias.serve.background import serve_in_thread
+
+    with serve_in_thread(_scripted_upstream({"stream": lines})) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
+        body = {"messages": [], "stream": True}
+        with (
+            make_client(upstream=upstream) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            return _events(response)
+
+
 def test_guard_refuses_bad_client_fields_and_bad_upstream_answers_without_a_500():
     from mbias.serve.background import serve_in_thread
 
@@ -476,7 +490,6 @@ def test_guard_passes_tool_calls_and_empty_answers_untouched_even_when_blocking(
 
 
 def test_streaming_guard_passes_tool_calls_finish_reason_and_usage_through():
-    from mbias.serve.background import serve_in_thread
 
     call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "lookup", "arguments": ""}}
     lines = [
@@ -488,12 +501,7 @@ def test_streaming_guard_passes_tool_calls_finish_reason_and_usage_through():
         "data: " + json.dumps({"choices": [], "usage": {"total_tokens": 42}}),
         "data: [DONE]",
     ]
-    with serve_in_thread(_scripted_upstream({"stream": lines})) as base_url:
-        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
-        with make_client(upstream=upstream) as client:
-            body = {"messages": [], "stream": True}
-            with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                events = _events(response)
+    events = _guarded_stream(lines)
     deltas = [e["choices"][0]["delta"] for e in events[:-1]]
     assert deltas[0] == {"role": "assistant"} and sum("role" in d for d in deltas) == 1
     assert not any("reasoning_content" in d for d in deltas)
@@ -511,17 +519,9 @@ def test_streaming_guard_passes_tool_calls_finish_reason_and_usage_through():
     ids=["cut", "error-event"],
 )
 def test_a_stream_the_upstream_breaks_ends_in_an_error_not_a_finished_answer(ending):
-    from mbias.serve.background import serve_in_thread
 
     lines = [_delta(content="Here is the first sentence. And a second one that"), *ending]
-    with serve_in_thread(_scripted_upstream({"stream": lines})) as base_url:
-        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
-        body = {"messages": [], "stream": True}
-        with (
-            make_client(upstream=upstream) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            events = _events(response)
+    events = _guarded_stream(lines)
     assert events[-1] == "[DONE]" and "error" in events[-2]
     assert events[-2]["error"]["type"] == "upstream_error"
     assert ("overloaded" in events[-2]["error"]["message"]) == bool(ending)
@@ -573,14 +573,7 @@ def test_a_stream_that_finishes_without_done_is_whole_and_a_blocked_answer_calls
     from mbias.serve.background import serve_in_thread
 
     finished = [_delta(content="All good here. Have a nice day."), _delta(finish="stop")]  # no [DONE]
-    with serve_in_thread(_scripted_upstream({"stream": finished})) as base_url:
-        upstream = load_engine(f"openai:{base_url}/v1#tiny", backoff=0.01)
-        body = {"messages": [], "stream": True}
-        with (
-            make_client(upstream=upstream) as client,
-            client.stream("POST", "/v1/chat/completions", json=body) as response,
-        ):
-            events = _events(response)
+    events = _guarded_stream(finished)
     assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "stop"
     assert not any("error" in e for e in events[:-1])
 
