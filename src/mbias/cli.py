@@ -33,8 +33,8 @@ for _module in pkgutil.iter_modules(mbias.commands.__path__):
         _command.register(app)
 
 
-# typer >= 0.29 carries its own copy of click: its error classes are reached through a public one
 RESUMABLE = ("debias", "score", "mine")  # commands whose --output file a rerun continues
+# typer >= 0.29 carries its own copy of click: its error classes are reached through a public one
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 

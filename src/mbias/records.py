@@ -276,6 +276,12 @@ def _is_json_object(line: bytes) -> bool:
         return False
 
 
+def sink_of(path: Path) -> Path:
+    """Where a RecordWriter appends rows for ``path``: the file itself, or for Parquet (which
+    cannot be appended to) ``<path>.partial.jsonl``, turned into Parquet when the job completes."""
+    return path.with_name(path.name + ".partial.jsonl") if file_format(path) == "parquet" else path
+
+
 class RecordWriter:
     """Appends records to an output file as they are produced.
 
@@ -293,13 +299,12 @@ class RecordWriter:
         refuse_overwriting_input(self.path, reads)
         if self.path.is_dir():
             raise MbiasError(f"{self.path}: is a directory; --output takes a file")
-        self.sink = (
-            self.path.with_name(self.path.name + ".partial.jsonl") if self.format == "parquet" else self.path
-        )
+        self.sink = sink_of(self.path)
+        self.sink_format = "jsonl" if self.sink != self.path else self.format
         self.done_ids: set[str] = set()
         if resume:
-            if self.sink.exists() and (self.sink != self.path or self.format != "parquet"):
-                _drop_partial_line(self.sink, json_lines=self.sink != self.path or self.format == "jsonl")
+            if self.sink.exists():
+                _drop_partial_line(self.sink, json_lines=self.sink_format == "jsonl")
             existing = self._existing()
             if existing and "id" not in existing[0]:
                 raise MbiasError(f"{self.path}: has no id column: not an output this command can resume")
@@ -315,8 +320,7 @@ class RecordWriter:
 
     def _existing(self) -> list[Record]:
         if self.sink.exists() and self.sink.stat().st_size:
-            fmt = "jsonl" if self.sink != self.path else self.format
-            return _read_rows(self.sink, fmt if fmt != "tsv" else "tsv")
+            return _read_rows(self.sink, self.sink_format)
         if self.format == "parquet" and self.path.exists():
             return _read_rows(self.path, "parquet")
         return []
@@ -405,7 +409,7 @@ def write_records(
         raise MbiasError(f"{path}: is a directory, expected a file")
     refuse_overwriting_input(path, reads)
     draft = path.with_name(f".{path.name}.writing{path.suffix}")
-    leftovers = (draft, draft.with_name(draft.name + ".partial.jsonl"))  # Parquet writes via a sink
+    leftovers = (draft, sink_of(draft))
     for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     try:
