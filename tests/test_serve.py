@@ -554,6 +554,35 @@ def test_upstream_retries_stop_at_the_requests_deadline():
         assert late.value.status == 504 and len(calls) == 3
 
 
+def test_an_upstream_that_trickles_its_answer_is_cut_at_the_deadline():
+    """httpx's timeout bounds each read: a byte every 50 ms never trips it, so the deadline is
+    checked while the body arrives, and a whole answer read in time still comes back."""
+    from fastapi.responses import StreamingResponse
+
+    from mbias.serve.background import serve_in_thread
+
+    app = FastAPI()
+    answer = json.dumps({"choices": [{"message": {"content": "fine"}}]}).encode()
+
+    @app.post("/v1/chat/completions")
+    async def chat(slow: bool = True):
+        async def trickle():
+            for byte in answer:
+                await asyncio.sleep(0.05 if slow else 0)
+                yield bytes([byte])
+
+        return StreamingResponse(trickle(), media_type="application/json")
+
+    with serve_in_thread(app) as base_url:
+        upstream = load_engine(f"openai:{base_url}/v1#tiny", retries=0, timeout=30)
+        start = time.monotonic()
+        with pytest.raises(UpstreamError, match="did not answer in time") as late:
+            upstream.request("POST", "/chat/completions", {}, deadline=start + 1.0)
+        assert late.value.status == 504 and time.monotonic() - start < 1.5
+        fast = upstream.request("POST", "/chat/completions?slow=false", {}, deadline=time.monotonic() + 5)
+        assert fast["choices"][0]["message"]["content"] == "fine"
+
+
 def test_metrics_count_failed_and_refused_requests():
     class BrokenJudge(FixedJudge):
         def categorise(self, texts):

@@ -85,9 +85,9 @@ class OpenAIEngine:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left < MIN_TRY_SECONDS:  # too short for an answer: do not start
                 break
-            timeout = self.client.timeout if left is None else httpx.Timeout(min(left, self.timeout))
+            budget = self.timeout if left is None else min(left, self.timeout)
             try:
-                response = self.client.request(method, path, json=payload, timeout=timeout)
+                response = self._read(method, path, payload, budget)
             except httpx.HTTPError as exc:
                 error = _unreachable(f"{self.base_url}{path}", exc)
             else:
@@ -105,6 +105,21 @@ class OpenAIEngine:
                 break
             time.sleep(wait)
         raise error
+
+    def _read(self, method: str, path: str, payload: dict | None, budget: float) -> httpx.Response:
+        """One try, answered whole within ``budget`` seconds. httpx's timeouts bound each read, so
+        a server that trickles a byte at a time would hold the thread past any deadline; the body
+        is read in pieces and the clock checked between them."""
+        stop = time.monotonic() + budget
+        with self.client.stream(method, path, json=payload, timeout=httpx.Timeout(budget)) as response:
+            body = bytearray()
+            for piece in response.iter_bytes():
+                body += piece
+                if time.monotonic() > stop:
+                    raise httpx.ReadTimeout(f"the answer took over {budget:.1f} s to arrive")
+        # iter_bytes decoded any gzip: only the media type (for the charset) carries over
+        kind = {"content-type": response.headers.get("content-type", "application/json")}
+        return httpx.Response(response.status_code, headers=kind, content=bytes(body))
 
     def stream_chat(self, payload: dict) -> Iterator[dict]:
         """A streamed chat completion: each Server-Sent Event's JSON chunk, until ``[DONE]``. A
