@@ -141,24 +141,26 @@ def test_an_empty_edit_is_refused_with_a_message(store):
     assert store.item(3)["status"] == "pending"
 
 
-def test_a_concurrent_decision_is_a_conflict_and_a_second_review_is_kept(store):
-    alice = sign_in(client_for(store, reviews_needed=2), "alice")
-    bob = sign_in(client_for(store, reviews_needed=2), "bob")
-    alice_page, bob_page = alice.get("/item/2").text, bob.get("/item/2").text
-    candidate = re.search(r'name="candidate" value="(\d+)"', alice_page).group(1)
+def test_independent_reviews_do_not_conflict_but_one_past_the_needed_count_does(store):
+    alice, bob, carol = (sign_in(client_for(store, reviews_needed=2), n) for n in ("alice", "bob", "carol"))
+    pages = [c.get("/item/2").text for c in (alice, bob, carol)]  # all three load version 0
+    candidate = re.search(r'name="candidate" value="(\d+)"', pages[0]).group(1)
     accept = {"action": "accept", "version": "0", "candidate": candidate}
-    alice.post("/item/2", data={**accept, "csrf": csrf_of(alice_page)})
-    conflict = bob.post("/item/2", data={"csrf": csrf_of(bob_page), "action": "reject", "version": "0"})
-    assert conflict.url.path == "/item/2"
-    assert "changed while you were looking" in conflict.text and "not saved" in conflict.text
-    assert [r["reviewer"] for r in store.item(2)["reviews"]] == ["alice"]
-    # bob looks again (now at version 1) and his decision becomes a second review
-    assert 'name="version" value="1"' in conflict.text
-    bob.post("/item/2", data={"csrf": csrf_of(conflict.text), "action": "reject", "version": "1"})
+    alice.post("/item/2", data={**accept, "csrf": csrf_of(pages[0])})
+    # bob's review is a second, independent one: alice's decision is not an edit he would overwrite
+    saved = bob.post("/item/2", data={"csrf": csrf_of(pages[1]), "action": "reject", "version": "0"})
+    assert saved.url.path != "/item/2" and "Saved: item 2 rejected" in saved.text
     assert [(r["reviewer"], r["decision"]) for r in store.item(2)["reviews"]] == [
         ("alice", "accepted"),
         ("bob", "rejected"),
     ]
+    # carol would be a third review of an item that has its two: a conflict, nothing saved
+    conflict = carol.post("/item/2", data={"csrf": csrf_of(pages[2]), "action": "reject", "version": "0"})
+    assert conflict.status_code == 409 and "changed while you were looking" in conflict.text
+    assert len(store.item(2)["reviews"]) == 2
+    # bob changing his own review from a stale page is a conflict too (two tabs of one reviewer)
+    again = bob.post("/item/2", data={**accept, "csrf": csrf_of(pages[1])})
+    assert again.status_code == 409 and store.item(2)["reviews"][1]["decision"] == "rejected"
     stats = bob.get("/stats").text
     assert "Agreement between reviewers" in stats and "0 %" in stats  # they disagreed
     assert re.search(r"<td>alice</td><td>1</td><td>1</td>", stats)
@@ -200,8 +202,7 @@ def test_review_refuses_to_listen_on_the_network_without_a_token(store, monkeypa
 
 
 def test_a_decision_that_is_not_saved_keeps_the_reviewers_typed_text(store):
-    alice = sign_in(client_for(store, reviews_needed=2), "alice")
-    bob = sign_in(client_for(store, reviews_needed=2), "bob")
+    alice, bob = sign_in(client_for(store), "alice"), sign_in(client_for(store), "bob")
     alice_page, bob_page = alice.get("/item/2").text, bob.get("/item/2").text
     alice.post("/item/2", data={"csrf": csrf_of(alice_page), "action": "reject", "version": "0"})
     typed = "Some drivers need more practice than others."

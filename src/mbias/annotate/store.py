@@ -408,6 +408,7 @@ class Store:
         version: int,
         candidate_id: int | None = None,
         text: str | None = None,
+        reviews_needed: int = 1,
     ) -> dict[str, Any]:
         """Record one reviewer's decision; returns the stored ``decision`` and the item's new ``version``.
 
@@ -415,7 +416,10 @@ class Store:
         candidate it started from; unchanged, it counts as accepting that candidate), ``rejected``
         takes nothing. ``version`` is the item version the
         reviewer saw; if the item changed since, :class:`Conflict` is raised and nothing is stored.
-        The same reviewer deciding again replaces their own review (the audit log keeps the old one).
+        With ``reviews_needed`` over 1 reviews are independent: a reviewer's first review of an item
+        still short of reviews is kept whatever others decided meanwhile (their reviews are not
+        edits it would overwrite). The same reviewer deciding again replaces their own review
+        (the audit log keeps the old one).
         """
         if decision not in DECISIONS:
             raise MbiasError(f"unknown decision {decision!r}; use one of {', '.join(DECISIONS)}")
@@ -443,7 +447,11 @@ class Store:
             else:
                 candidate_id = None
             stamp = now()
-            old_status = db.execute("SELECT status FROM items WHERE id = ?", (item_id,)).fetchone()[0]
+            old_status, current = db.execute(
+                "SELECT status, version FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+            if self._independent(db, item_id, reviewer, reviews_needed):
+                version = current
             updated = db.execute(
                 "UPDATE items SET status = ?, version = version + 1, updated_at = ?"
                 " WHERE id = ? AND version = ?",
@@ -455,6 +463,15 @@ class Store:
                 self._audit(db, reviewer, "item", item_id, "status", old_status, decision)
             self._save_review(db, item_id, reviewer, decision, candidate_id, final_text, stamp)
             return {"decision": decision, "version": version + 1}
+
+    @staticmethod
+    def _independent(db: sqlite3.Connection, item_id: int, reviewer: str, reviews_needed: int) -> bool:
+        """Whether this decision is a new independent review: several are wanted, this reviewer
+        has none of this item yet, and the item still lacks some."""
+        if reviews_needed <= 1:
+            return False
+        rows = db.execute("SELECT reviewer FROM reviews WHERE item_id = ?", (item_id,)).fetchall()
+        return reviewer not in {r[0] for r in rows} and len(rows) < reviews_needed
 
     def _save_review(
         self,

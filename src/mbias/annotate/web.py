@@ -244,7 +244,15 @@ def create_app(
             raise HTTPException(400, "unknown action; use accept, edit or reject")
         draft = fields.get("text") if decision == "edited" else None
         try:
-            saved = store.decide(item_id, name, decision, version, candidate_id=candidate, text=draft)
+            saved = store.decide(
+                item_id,
+                name,
+                decision,
+                version,
+                candidate_id=candidate,
+                text=draft,
+                reviews_needed=reviews_needed,
+            )
         except Conflict as exc:  # the page again, as it is now, with the reviewer's text kept
             return item_page(request, item_id, name, 409, draft, str(exc))
         except MbiasError as exc:
