@@ -196,6 +196,29 @@ def test_resume_drops_a_half_written_last_line_and_refuses_a_file_without_ids(tm
         RecordWriter(foreign, resume=True)
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_resume_repairs_a_csv_cut_anywhere_in_its_last_row_even_inside_a_multiline_cell(tmp_path, suffix):
+    first, last = {"id": "0", "text": "a"}, {"id": "1", "text": 'Line one, "quoted"\nline two\n\nend é'}
+    full = tmp_path / f"full{suffix}"
+    with RecordWriter(full) as writer:
+        writer.write(first)
+        writer.write(last)
+    data = full.read_bytes()
+    start = len(data) - len(data.split(b"\r\n1")[1]) - 1  # where the last row begins
+    for cut in range(start, len(data)):  # a kill after every byte of the last row
+        out = tmp_path / f"cut{suffix}"
+        out.write_bytes(data[:cut])
+        with RecordWriter(out, resume=True) as resumed:
+            assert resumed.done_ids == {"0"}, cut
+            resumed.write(last)
+        assert read_records(out) == read_records(full), cut
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(data.replace(b'"quoted"', b'"quoted" x', 1))  # bad CSV before the end
+    with pytest.raises(MbiasError, match="not valid CSV before its end"):
+        RecordWriter(broken, resume=True)
+    assert broken.read_bytes() == data.replace(b'"quoted"', b'"quoted" x', 1)  # nothing cut
+
+
 def test_outputs_never_overwrite_their_input_nor_start_where_they_cannot_be_written(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": "0", "text": "a"}\n', encoding="utf-8")

@@ -245,7 +245,7 @@ def check_writable(folder: Path) -> None:
         raise MbiasError(f"{folder}: cannot write there ({exc.strerror or type(exc).__name__})") from None
 
 
-def _drop_partial_line(path: Path, json_lines: bool) -> None:
+def _drop_partial_line(path: Path) -> None:
     """Cut a last line that a killed job left half-written (no newline at its end): its record was
     never finished, and resuming writes it again. A JSON line that is whole only lacks its newline."""
     with path.open("rb+") as handle:
@@ -263,10 +263,37 @@ def _drop_partial_line(path: Path, json_lines: bool) -> None:
             cut = start + newline + 1 if newline >= 0 else 0
             end = start
         handle.seek(cut)
-        if json_lines and _is_json_object(handle.read()):
+        if _is_json_object(handle.read()):
             handle.write(b"\n")
         else:
             handle.truncate(cut)
+
+
+def _drop_unfinished_row(path: Path, delimiter: str) -> None:
+    """Cut a CSV's last row when a killed job left it unfinished. A row is finished once its
+    line break is written outside quotes: a cut inside a quoted cell that spans lines leaves the
+    quote open, and rows appended after it would be read as part of that cell. Bad CSV before
+    the end is not ours to cut: resuming is refused instead."""
+    size, consumed, end, line_ended = path.stat().st_size, 0, 0, False
+    with path.open("rb") as handle:
+
+        def lines() -> Iterator[str]:
+            nonlocal consumed, line_ended
+            for raw in handle:
+                consumed += len(raw)
+                line_ended = raw.endswith(b"\n")
+                yield raw.decode("utf-8", "surrogateescape")
+
+        try:
+            for _ in csv.reader(lines(), delimiter=delimiter, strict=True):
+                if line_ended:
+                    end = consumed
+        except csv.Error as exc:
+            if consumed < size:
+                raise MbiasError(f"{path}: not valid CSV before its end ({exc}); cannot resume it") from None
+    if end < size:
+        with path.open("rb+") as handle:
+            handle.truncate(end)
 
 
 def _is_json_object(line: bytes) -> bool:
@@ -303,8 +330,10 @@ class RecordWriter:
         self.sink_format = "jsonl" if self.sink != self.path else self.format
         self.done_ids: set[str] = set()
         if resume:
-            if self.sink.exists():
-                _drop_partial_line(self.sink, json_lines=self.sink_format == "jsonl")
+            if self.sink.exists() and self.sink_format in ("csv", "tsv"):
+                _drop_unfinished_row(self.sink, "\t" if self.sink_format == "tsv" else ",")
+            elif self.sink.exists():
+                _drop_partial_line(self.sink)
             existing = self._existing()
             if existing and "id" not in existing[0]:
                 raise MbiasError(f"{self.path}: has no id column: not an output this command can resume")
