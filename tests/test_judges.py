@@ -548,3 +548,31 @@ def test_score_cli_end_to_end_on_a_small_csv(tmp_path):
     text_mode = _mbias("score", "--format", "json", "The library opens at nine on Mondays.")
     assert text_mode.returncode == 0, text_mode.stderr
     assert json.loads(text_mode.stdout)["toxicity"] == pytest.approx(plain["toxicity"], abs=1e-3)
+
+
+def test_train_judges_swaps_its_output_in_whole_and_a_stopped_run_changes_nothing(tmp_path):
+    from mbias.commands.train_judges import _staged
+
+    judge = tmp_path / "judges"
+    (judge / "encoder").mkdir(parents=True)
+    (judge / "encoder" / "adapter.safetensors").write_bytes(b"old encoder")
+    for name, body in (("heads.json", "old heads"), ("heads.npz", "old weights"), ("README.md", "notes")):
+        (judge / name).write_text(body)
+    before = {p.relative_to(judge): p.read_bytes() for p in judge.rglob("*") if p.is_file()}
+
+    with pytest.raises(KeyboardInterrupt), _staged(judge) as staging:  # Ctrl-C mid-run
+        (staging / "encoder").mkdir()
+        (staging / "encoder" / "adapter.safetensors").write_bytes(b"new encoder")
+        raise KeyboardInterrupt
+    assert {p.relative_to(judge): p.read_bytes() for p in judge.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["judges"]  # no staging folder left behind
+
+    with _staged(judge) as staging:
+        assert sorted(p.name for p in staging.iterdir()) == ["README.md"]  # the old judge is not mixed in
+        (staging / "heads.json").write_text("new heads")
+    assert sorted(p.name for p in judge.iterdir()) == ["README.md", "heads.json"]
+    assert (judge / "heads.json").read_text() == "new heads" and (judge / "README.md").read_text() == "notes"
+    with _staged(judge, keep_trained=True) as staging:  # the category head alone: the rest stays
+        (staging / "heads.json").write_text("newer heads")
+    assert sorted(p.name for p in judge.iterdir()) == ["README.md", "heads.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["judges"]

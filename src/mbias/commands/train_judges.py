@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +16,8 @@ import typer
 
 from mbias import config
 from mbias.commands.common import console, progress_bar, rate_text
+from mbias.errors import MbiasError
+from mbias.records import check_writable
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -54,21 +61,18 @@ def train_judges(
     ] = 1.0,
 ) -> None:
     """Train the judge: tune the encoder, fit the heads, choose thresholds on the dev split, save."""
-    import shutil
-
-    from mbias.errors import MbiasError
-    from mbias.judges.calibrate import calibrate
     from mbias.judges.categories import category_examples
     from mbias.judges.embedding_cache import EmbeddingCache
-    from mbias.judges.encoder import ENCODER_NAME
     from mbias.judges.heads import HeadSet
     from mbias.judges.train_data import head_pools
-    from mbias.judges.train_heads import evaluate, train_head
 
     if heads not in ("all", "category"):
         raise MbiasError(f"--heads must be 'all' or 'category', not {heads!r}")
     if encoder not in ("tune", "frozen"):
         raise MbiasError(f"--encoder must be 'tune' or 'frozen', not {encoder!r}")
+    if output.exists() and not output.is_dir():
+        raise MbiasError(f"{output}: is a file; --output takes a folder")
+    check_writable(output.parent)
     judge_dir = judge_data if judge_data.is_dir() else None
     if reads is not None and not reads.is_dir():
         raise MbiasError(f"--reads {reads}: not a folder")
@@ -76,13 +80,64 @@ def train_judges(
     if heads == "category":
         shipped = HeadSet.load(output / "heads.json")
         cache = EmbeddingCache(adapter=shipped.adapter)
-        _train_category(shipped, cache, pairs, data, judge_dir, pools["bias"])
-        console.print(f"wrote {shipped.save(output)}")
+        with _staged(output, keep_trained=True) as staging:
+            _train_category(shipped, cache, pairs, data, judge_dir, pools["bias"])
+            shipped.save(staging)
+        console.print(f"wrote {output / 'heads.json'}")
         return
     categories = category_examples(pairs, data, judge_dir)
+    with _staged(output) as staging:
+        _train_all(pools, dropped, categories, staging, encoder, epochs, pairs, data, judge_dir, reads)
+    size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file() and p.name != "README.md")
+    console.print(f"wrote {output / 'heads.json'} ({size / 1024:.0f} KiB with weights and adapter)")
+
+
+TRAINED = ("heads.json", "heads.npz", ENCODER_ADAPTER)  # what a run writes into its output folder
+
+
+@contextlib.contextmanager
+def _staged(output: Path, keep_trained: bool = False) -> Iterator[Path]:
+    """A folder beside ``output`` to train into, swapped in whole once every file is written. A
+    run stopped halfway (Ctrl-C, a crash) leaves the judge in ``output`` as it was: a new encoder
+    beside the old heads would score every text wrongly and say nothing, and ``output`` is by
+    default the installed package's own judge. Other files there (a README) carry over, and with
+    ``keep_trained`` the old judge too, for a run that replaces only part of it."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-training-", dir=output.parent))
+    try:
+        for item in output.iterdir() if output.is_dir() else ():
+            if keep_trained or item.name not in TRAINED:
+                copy = shutil.copytree if item.is_dir() else shutil.copy2
+                copy(item, staging / item.name)
+        yield staging
+        old = output.with_name(f".{output.name}-replaced-{os.getpid()}")
+        if output.exists():
+            os.rename(output, old)
+        os.rename(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _train_all(
+    pools: dict,
+    dropped: dict,
+    categories: list,
+    output: Path,
+    encoder: str,
+    epochs: float,
+    pairs: Path,
+    data: Path,
+    judge_dir: Path | None,
+    reads: Path | None,
+) -> None:
+    """Tune the encoder (or not), fit and calibrate every head, and save the judge in ``output``."""
+    from mbias.judges.calibrate import calibrate
+    from mbias.judges.embedding_cache import EmbeddingCache
+    from mbias.judges.encoder import ENCODER_NAME
+    from mbias.judges.heads import HeadSet
+    from mbias.judges.train_heads import evaluate, train_head
+
     adapter = output / ENCODER_ADAPTER
-    if adapter.exists():
-        shutil.rmtree(adapter)
     tuning = _tune(pools, categories, adapter, epochs) if encoder == "tune" else None
     cache = EmbeddingCache(adapter=adapter if tuning else None)
     _embed_with_progress(cache, [e.text for pool in pools.values() for e in pool])
@@ -132,15 +187,13 @@ def train_judges(
         "thresholds": thresholds,
     }
     _train_category(headset, cache, pairs, data, judge_dir, pools["bias"], categories)
-    path = headset.save(output)
+    headset.save(output)
     for name in trained:
         valid = report[name]["validation_at_threshold"]
         console.print(
             f"{name}: {report[name]['model']}, threshold {headset.heads[name].threshold} (dev); held-out "
             f"ROC-AUC {valid['all']['roc_auc']} F1 {valid['all']['f1']} acc {valid['all']['accuracy']}"
         )
-    size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file() and p.name != "README.md")
-    console.print(f"wrote {path} ({size / 1024:.0f} KiB with weights and adapter)")
 
 
 def _tune(pools: dict, categories: list, adapter: Path, epochs: float) -> dict[str, Any]:
