@@ -373,6 +373,23 @@ def test_dpo_needs_rejected_texts_and_known_methods(tiny_model_dir, pairs_file):
         _config(tiny_model_dir, "method=ppo")
 
 
+def test_mine_refuses_to_write_into_a_file_it_reads_given_with_a_cap(tmp_path):
+    from tests.test_debias_cli import run_cli
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"biased_text": f"Old men are slow {i}.", "debiased_text": "Some are slow."}) + "\n"
+            for i in range(4)
+        )
+    )
+    before = pairs.read_bytes()
+    result = run_cli("mine", "-d", f"{pairs}:4", "-o", str(pairs), "--resume", "--engine", "warp:drive")
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "is the input file" in err and "Traceback" not in err, err
+    assert pairs.read_bytes() == before  # and the engine was never asked for: the check came first
+
+
 def test_mining_keeps_only_failures_no_judge_is_needed_for(tmp_path):
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.records import RecordWriter, read_records

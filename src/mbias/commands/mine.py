@@ -35,20 +35,23 @@ def mine(
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.records import RecordWriter
     from mbias.train.config import apply_overrides, preset
-    from mbias.train.data import load_training_data
+    from mbias.train.data import files_named, load_training_data
     from mbias.train.mine import mine as run
     from mbias.train.mine import pair_records
 
     loader = apply_overrides(preset("cpu-small"), ["val_fraction=0"])  # every non-held-out pair
     records = pair_records(load_training_data(data, loader).train)
-    settings = DebiasSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False, retries=0)
-    debiaser = Debiaser(engine or config.default_engine_spec(), judge=None, settings=settings)
-    similarity = None
-    if meaning_margin > 0:
-        from mbias.judges.embedded import EmbeddedJudge
+    # the output is checked (and refused when it is an input) before the model loads
+    with RecordWriter(output, resume=resume, reads=files_named(data)) as writer:
+        settings = DebiasSettings(
+            batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False, retries=0
+        )
+        debiaser = Debiaser(engine or config.default_engine_spec(), judge=None, settings=settings)
+        similarity = None
+        if meaning_margin > 0:
+            from mbias.judges.embedded import EmbeddedJudge
 
-        similarity = EmbeddedJudge().similarity
-    with RecordWriter(output, resume=resume, reads=data) as writer:
+            similarity = EmbeddedJudge().similarity
         todo = sum(r["id"] not in writer.done_ids for r in records)
         start = time.perf_counter()
         with progress_bar("mine") as progress:

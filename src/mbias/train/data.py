@@ -85,6 +85,11 @@ class TrainingData:
 # -- reading -------------------------------------------------------------------------------------
 
 
+def files_named(specs: list[str]) -> list[str]:
+    """The files ``--data`` arguments read (a cap or weight stripped, a folder's *.jsonl listed)."""
+    return [f for spec in specs for f in _files(DataSpec.parse(spec).ref)]
+
+
 def _files(ref: str) -> list[str]:
     path = Path(ref)
     if ref.startswith("hf:") or not path.is_dir():
