@@ -576,3 +576,5 @@ def test_train_judges_swaps_its_output_in_whole_and_a_stopped_run_changes_nothin
         (staging / "heads.json").write_text("newer heads")
     assert sorted(p.name for p in judge.iterdir()) == ["README.md", "heads.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["judges"]
+    (tmp_path / "plain").mkdir()  # readable as any folder made here, not owner-only
+    assert judge.stat().st_mode == (tmp_path / "plain").stat().st_mode

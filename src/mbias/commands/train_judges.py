@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,7 +102,8 @@ def _staged(output: Path, keep_trained: bool = False) -> Iterator[Path]:
     beside the old heads would score every text wrongly and say nothing, and ``output`` is by
     default the installed package's own judge. Other files there (a README) carry over, and with
     ``keep_trained`` the old judge too, for a run that replaces only part of it."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-training-", dir=output.parent))
+    staging = output.with_name(f".{output.name}-training-{secrets.token_hex(4)}")
+    staging.mkdir()  # as any new folder (umask), not mkdtemp's owner-only mode
     try:
         for item in output.iterdir() if output.is_dir() else ():
             if keep_trained or item.name not in TRAINED:
