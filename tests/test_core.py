@@ -11,7 +11,7 @@ from mbias.errors import MbiasError
 from mbias.intervene import REASON_CLEAN, REASON_NO_REWRITE, REASON_SUSPECT_KEPT, Debiaser, DebiasSettings
 from mbias.judges import head_margin
 from mbias.prompts import INSTRUCTION, clean_output, is_refusal, render, repeats_itself
-from mbias.records import RecordWriter, read_records, texts_to_records, write_records
+from mbias.records import RecordWriter, as_records, read_records, write_records
 from mbias.splits import bucket, is_dev, is_heldout, paper_test_set
 from tests.doubles import FixedJudge, ScriptedEngine
 
@@ -248,6 +248,52 @@ def test_write_records_leaves_the_old_file_when_writing_fails(tmp_path, suffix):
     assert [r["id"] for r in read_records(out)] == ["1"]
     write_records(out, [])  # an empty table is still a file of its format
     assert out.exists() and list(tmp_path.iterdir()) == [out]
+
+
+def test_the_api_takes_texts_or_records_and_names_anything_else():
+    debiaser = Debiaser(ScriptedEngine({}), judge=None, prompt_style="mbias")
+    out = debiaser.debias(["Fine \ud800 text.", None, {"id": "r", "text": "Hi.", "note": "x\udfff"}])
+    assert [r["text"] for r in out] == ["Fine \ufffd text.", None, "Hi."]  # a lone surrogate: U+FFFD
+    assert out[2]["note"] == "x\ufffd" and out[1]["reason"] == "empty input"
+    json.dumps(out).encode()  # every field can be written as UTF-8
+    for bad, message in [
+        ("Hello.", "not one string"),
+        ([5], "item 0 is int"),
+        (["Hi.", b"bytes"], "item 1 is bytes"),
+        ([{"id": "a", "text": 3}], "item 0: its text is int"),
+    ]:
+        with pytest.raises(MbiasError, match=message):
+            debiaser.debias(bad)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"candidates": 0}, "candidates must be a whole number of at least 1"),
+        ({"max_new_tokens": -5}, "max_new_tokens must be"),
+        ({"batch_size": 2.5}, "batch_size must be"),
+        ({"retries": -1}, "retries must be"),
+        ({"temperature": -1.0}, "temperature must be 0 or more"),
+        ({"min_similarity": float("nan")}, "min_similarity must be in [0, 1]"),
+        ({"screen_margin": float("nan")}, "screen_margin must be in (0, 1]"),
+        ({"granularity": "word"}, "granularity must be one of"),
+    ],
+)
+def test_settings_that_would_fail_deep_in_a_job_are_refused_when_made(settings, message):
+    with pytest.raises(MbiasError, match=re.escape(message)):
+        DebiasSettings(**settings)
+
+
+def test_a_debiaser_refuses_what_it_could_not_use_before_any_work():
+    engine = ScriptedEngine({})
+    for kwargs, message in [
+        ({"engine": 5}, "engine must be a name, a spec or an object with .generate()"),
+        ({"engine": engine, "judge": 5}, "judge must be a name, a spec or an object with .score()"),
+        ({"engine": engine, "settings": {"batch_size": 2}}, "settings must be a DebiasSettings, not dict"),
+        ({"engine": engine, "prompt_style": "nope"}, "prompt_style must be one of"),
+    ]:
+        with pytest.raises(MbiasError, match=re.escape(message)):
+            Debiaser(**{"judge": None, **kwargs})
 
 
 def test_debiaser_never_returns_empty():
@@ -633,7 +679,7 @@ def test_an_escalation_engine_that_cannot_load_stops_the_job_once(monkeypatch):
     failing.outputs = ["x"]
     debiaser = Debiaser(failing, judge=FixedJudge(), prompt_style="mbias", settings=settings)
     with pytest.raises(EscalationUnavailable):
-        debiaser.process_batch(texts_to_records(["idiot POISON", "you idiot"]))
+        debiaser.process_batch(as_records(["idiot POISON", "you idiot"]))
 
 
 def test_debiaser_flags_empty_and_too_long_inputs():
@@ -747,7 +793,7 @@ def test_flagged_sentences_of_mostly_clean_batches_wait_to_share_one_generate_ca
     # one flagged record in every batch of 4: three batches wait, then all three units go together
     texts = ["you idiot", "The printer is slow.", "It rains.", "Tea is hot."] * 3
     seen = []
-    for batch in debiaser.stream(texts_to_records(texts)):
+    for batch in debiaser.stream(as_records(texts)):
         seen.append((len(batch), len(engine.calls)))
     assert [len(call) for call in engine.calls] == [3]
     assert seen == [(4, 1), (4, 1), (4, 1)]  # each batch still comes back on its own, in order
@@ -760,7 +806,7 @@ def test_flagged_sentences_of_mostly_clean_batches_wait_to_share_one_generate_ca
     engine.calls.clear()
     seen = []
     clean = ["It rains.", "Tea is hot.", "Calm.", "Sun."]
-    for batch in debiaser.stream(texts_to_records(clean + ["idiot", "a", "b", "c"] + clean)):
+    for batch in debiaser.stream(as_records(clean + ["idiot", "a", "b", "c"] + clean)):
         seen.append((batch[0]["text"], len(engine.calls)))
     assert seen == [("It rains.", 0), ("idiot", 1), ("It rains.", 1)]  # the last waits behind the second
     # a bound on the records held unwritten, whether or not the rows fill

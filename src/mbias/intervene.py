@@ -13,6 +13,7 @@ flagged and keeps the least unsafe non-empty text (the original if nothing else)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +24,8 @@ from mbias.engines import Engine, check_spec, load_engine
 from mbias.errors import MbiasError
 from mbias.judges import Judge, load_judge
 from mbias.profile import stage
-from mbias.prompts import Context, clean_output, is_refusal, render, repeats_itself
-from mbias.records import Record, texts_to_records
+from mbias.prompts import STYLES, Context, clean_output, is_refusal, render, repeats_itself
+from mbias.records import Record, as_records
 
 # The reasons a record or span gives for not being rewritten; benchmarks count records by them.
 REASON_CLEAN = "input judged clean"
@@ -84,8 +85,24 @@ class DebiasSettings:
     context: bool | None = None
 
     def __post_init__(self) -> None:
+        """Refuses values that would fail deep inside a job, or quietly do something else (a
+        negative token budget cut every rewrite to a few characters)."""
         if isinstance(self.screen_margin_heads, str):  # ("bias") is a string, not a one-head tuple
             self.screen_margin_heads = (self.screen_margin_heads,)
+        if self.granularity not in GRANULARITIES:
+            raise MbiasError(f"granularity must be one of {', '.join(GRANULARITIES)}")
+        if not 0.0 < self.screen_margin <= 1.0:  # also false for NaN
+            raise MbiasError(f"screen_margin must be in (0, 1], not {self.screen_margin}")
+        for name in ("batch_size", "max_new_tokens", "max_input_tokens", "candidates"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise MbiasError(f"{name} must be a whole number of at least 1, not {getattr(self, name)!r}")
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise MbiasError(f"retries must be a whole number of at least 0, not {self.retries!r}")
+        for name in ("temperature", "retry_temperature"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise MbiasError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if not 0.0 <= self.min_similarity <= 1.0:
+            raise MbiasError(f"min_similarity must be in [0, 1], not {self.min_similarity}")
 
     @property
     def screen_band(self) -> dict[str, float]:
@@ -154,6 +171,11 @@ class Debiaser:
     ):
         """``engine_options`` go to the engine when this builds it from a name or spec (e.g.
         ``threads`` for llama.cpp, where several Debiasers share a machine)."""
+        for name, given, needs in (("engine", engine, "generate"), ("judge", judge, "score")):
+            if not (given is None or isinstance(given, str) or hasattr(given, needs)):
+                raise MbiasError(f"{name} must be a name, a spec or an object with .{needs}(), not {given!r}")
+        if prompt_style is not None and prompt_style not in STYLES:
+            raise MbiasError(f"prompt_style must be one of {', '.join(STYLES)}, not {prompt_style!r}")
         entry = config.resolve(engine if isinstance(engine, str) else config.default_engine_spec())
         with stage("load"):
             self.engine: Engine = (
@@ -166,10 +188,8 @@ class Debiaser:
             judge = config.default_judge("" if judge == "default" else judge)
         self.judge: Judge | None = load_judge(judge) if isinstance(judge, str) else judge
         self.settings = settings or DebiasSettings()
-        if self.settings.granularity not in GRANULARITIES:
-            raise MbiasError(f"granularity must be one of {', '.join(GRANULARITIES)}")
-        if not 0.0 < self.settings.screen_margin <= 1.0:
-            raise MbiasError(f"screen_margin must be in (0, 1], not {self.settings.screen_margin}")
+        if not isinstance(self.settings, DebiasSettings):
+            raise MbiasError(f"settings must be a DebiasSettings, not {type(self.settings).__name__}")
         known = getattr(self.judge, "thresholds", None)
         unknown = set(self.settings.screen_margin_heads) - set(known) if isinstance(known, dict) else set()
         if unknown:
@@ -236,9 +256,8 @@ class Debiaser:
 
     # -- the path ------------------------------------------------------------------------------
     def debias(self, texts: Iterable[str] | Iterable[Record]) -> list[Record]:
-        items = list(texts)
-        records = items if items and isinstance(items[0], dict) else texts_to_records(items)  # type: ignore[arg-type]
-        return [r for batch in self.stream(records) for r in batch]
+        """One record per text (or per record given), in order; see ``records.as_records``."""
+        return [r for batch in self.stream(as_records(texts)) for r in batch]
 
     def stream(self, records: list[Record]) -> Iterator[list[Record]]:
         """Yields finished batches in input order, so callers can write them as they go.

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
                         raise MbiasError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
                     if not isinstance(row, dict):
                         raise MbiasError(f"{path}:{number}: each line must be a JSON object")
-                    rows.append(row)
+                    rows.append(repair_unicode(row))  # a "\ud800" escape is not text UTF-8 can hold
             return rows
         import pandas as pd
 
@@ -97,9 +97,9 @@ def _json_array(path: Path, text: str) -> list[dict[str, Any]]:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MbiasError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not all(isinstance(row, dict) for row in rows):
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise MbiasError(f"{path}: a JSON array must hold objects, one per record")
-    return rows
+    return repair_unicode(rows)
 
 
 def _load_hf_dataset(ref: str) -> list[dict[str, Any]]:
@@ -202,8 +202,26 @@ def repair_unicode(value: Any) -> Any:
     return value
 
 
-def texts_to_records(texts: Iterable[str]) -> list[Record]:
-    return [{"id": str(i), "text": t} for i, t in enumerate(texts)]
+def as_records(items: Iterable[str | Record | None]) -> list[Record]:
+    """What the rewrite path takes: texts (numbered from 0) or records holding a ``text``, every
+    string valid Unicode (a lone surrogate becomes U+FFFD, as a UTF-8 decoder would make it). One
+    string alone, which would be read character by character, or an item of another type is an
+    error that names it."""
+    if isinstance(items, (str, bytes)):
+        raise MbiasError("give a list of texts, not one string: debias([text])")
+    records: list[Record] = []
+    for i, item in enumerate(items):
+        if item is None or isinstance(item, str):
+            records.append({"id": str(i), "text": repair_unicode(item)})
+        elif isinstance(item, Mapping):
+            if not isinstance(item.get("text"), (str, type(None))):
+                raise MbiasError(f"item {i}: its text is {type(item['text']).__name__}, not a string")
+            records.append(repair_unicode(dict(item)))
+        else:
+            raise MbiasError(
+                f"item {i} is {type(item).__name__}: give texts (str) or records (dicts with a 'text')"
+            )
+    return records
 
 
 def _flat(record: Record) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from mbias.errors import MbiasError
-from mbias.records import Record, read_records, texts_to_records
+from mbias.records import Record, as_records, read_records
 
 console = Console(stderr=True)
 
@@ -89,7 +89,7 @@ def gather_inputs(text: str | None, input: str | None, column: str | None, forma
         raise MbiasError(f"--format must be text or json, not {format!r}")
     if input is not None:
         return read_records(input, column)
-    records = texts_to_records(read_stdin_lines() if text == "-" else [text])
+    records = as_records(read_stdin_lines() if text == "-" else [text])
     if not records[0]["text"].strip():
         raise MbiasError("the text is empty")
     return records
