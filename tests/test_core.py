@@ -296,6 +296,38 @@ def test_a_debiaser_refuses_what_it_could_not_use_before_any_work():
             Debiaser(**{"judge": None, **kwargs})
 
 
+def test_explain_shows_square_brackets_as_text_not_markup():
+    from rich.console import Console
+
+    from mbias.commands.explain import explain_record
+
+    text = "Women are bad at math [/bold] and [b]worse[/b] at [red]logic[/red]."
+    span = {
+        "start": 0,
+        "end": len(text),
+        "output_start": 0,
+        "output_end": len(text),
+        "original": text,
+        "rewrite": text,
+        "action": "flagged",
+        "reason": "no candidate [judged] safe",
+        "category": "[x]",
+    }
+    record = {
+        "id": "[id]",
+        "text": text,
+        "rewrite": text,
+        "action": "flagged",
+        "reason": "[why]",
+        "spans": [span],
+    }
+    shown = Console(record=True, width=400)
+    explain_record(record, console=shown)  # "[/bold]" closed no tag: rich raised MarkupError
+    printed = shown.export_text()
+    assert printed.count("[b]worse[/b]") == 3 and "[red]logic[/red]" in printed  # answer, original, rewrite
+    assert all(part in printed for part in ("[id]", "[why]", "[judged]", "[x]"))
+
+
 def test_debiaser_never_returns_empty():
     debiaser = Debiaser(
         ScriptedEngine(["", "  "]), prompt_style="mbias", settings=DebiasSettings(candidates=2)

@@ -26,9 +26,10 @@ def explain_record(record: Record, console: Console = out) -> None:
     shown = Text(record["rewrite"])
     for span in spans:
         shown.stylize(STYLES.get(span["action"], "bold"), span["output_start"], span["output_end"])
-    title = f"[bold]{record.get('id', '')}[/]: {record['action']}"
+    # Texts are data, never rich markup: "[/bold]" in an answer would stop the job, "[b]" vanish.
+    title = Text.assemble((str(record.get("id", "")), "bold"), f": {record['action']}")
     if record.get("reason"):
-        title += f" ({record['reason']})"
+        title.append(f" ({record['reason']})")
     console.rule(title)
     console.print(shown)
     if not spans:
@@ -42,10 +43,10 @@ def explain_record(record: Record, console: Console = out) -> None:
         action += "\nby the escalation engine" if span.get("escalated") else ""
         table.add_row(
             str(number),
-            span.get("category") or "-",
-            action,
-            span["original"],
-            span["rewrite"],
+            Text(span.get("category") or "-"),
+            Text(action),
+            Text(span["original"]),
+            Text(span["rewrite"]),
             _scores(span.get("before")),
             _scores(span.get("after")) + (f"\nsim {span['similarity']:.2f}" if "similarity" in span else ""),
         )
