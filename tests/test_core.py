@@ -219,6 +219,30 @@ def test_resume_repairs_a_csv_cut_anywhere_in_its_last_row_even_inside_a_multili
     assert broken.read_bytes() == data.replace(b'"quoted"', b'"quoted" x', 1)  # nothing cut
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_refuses_a_file_written_from_another_input(tmp_path, suffix):
+    records = [
+        {"id": "r0", "text": 'a\nmulti-line, "quoted" text'},
+        {"id": "r1", "text": ""},
+        {"id": "r2", "text": "c"},
+    ]
+    out = tmp_path / f"out{suffix}"
+    with RecordWriter(out) as writer:
+        for record in records[:2]:
+            writer.write({**record, "rewrite": "x"})
+    with RecordWriter(out, resume=True) as resumed:
+        assert resumed.pending([{**records[1], "text": None}, *records[::2]]) == [records[2]]
+    with (
+        RecordWriter(out, resume=True) as resumed,
+        pytest.raises(MbiasError, match="row r0 holds another text"),
+    ):
+        resumed.pending([{"id": "r0", "text": "foo"}])
+    other = tmp_path / f"other{suffix}"  # another command's file: ids, no text
+    write_records(other, [{"id": "r0", "label": 1}])
+    with RecordWriter(other, resume=True) as resumed, pytest.raises(MbiasError, match="another command"):
+        resumed.pending(records)
+
+
 def test_outputs_never_overwrite_their_input_nor_start_where_they_cannot_be_written(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": "0", "text": "a"}\n', encoding="utf-8")

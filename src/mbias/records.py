@@ -347,6 +347,7 @@ class RecordWriter:
         self.sink = sink_of(self.path)
         self.sink_format = "jsonl" if self.sink != self.path else self.format
         self.done_ids: set[str] = set()
+        self._done_texts: dict[str, Any] = {}
         if resume:
             if self.sink.exists() and self.sink_format in ("csv", "tsv"):
                 _drop_unfinished_row(self.sink, "\t" if self.sink_format == "tsv" else ",")
@@ -356,6 +357,7 @@ class RecordWriter:
             if existing and "id" not in existing[0]:
                 raise MbiasError(f"{self.path}: has no id column: not an output this command can resume")
             self.done_ids = {str(r["id"]) for r in existing}
+            self._done_texts = {str(r["id"]): r.get("text") for r in existing}
         elif self.path.exists() or (self.sink != self.path and self.sink.exists()):
             raise MbiasError(
                 f"{self.path}: already exists; pass --resume to continue it or choose another --output"
@@ -371,6 +373,22 @@ class RecordWriter:
         if self.format == "parquet" and self.path.exists():
             return _read_rows(self.path, "parquet")
         return []
+
+    def pending(self, records: list[Record]) -> list[Record]:
+        """The records not yet in the output. A row already there must hold its input record's
+        text: a file written from another input, or by a command that keeps no text, is refused
+        rather than mixed into (its rows would pass for this input's, unscored)."""
+        todo = []
+        for record in records:
+            rid = str(record["id"])
+            if rid not in self.done_ids:
+                todo.append(record)
+            elif rid in self._done_texts and (self._done_texts[rid] or "") != (record.get("text") or ""):
+                raise MbiasError(
+                    f"{self.path}: row {rid} holds another text than the input's; it was written from "
+                    "another input or by another command: choose another --output"
+                )
+        return todo
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -472,7 +490,3 @@ def write_records(
     finally:
         for leftover in leftovers:
             leftover.unlink(missing_ok=True)
-
-
-def iter_pending(records: list[Record], done_ids: set[str]) -> Iterator[Record]:
-    return (r for r in records if r["id"] not in done_ids)

@@ -24,7 +24,7 @@ from mbias.commands.explain import explain_record
 from mbias.errors import MbiasError
 from mbias.intervene import GRANULARITIES, Debiaser, DebiasSettings
 from mbias.profile import stage
-from mbias.records import RecordWriter, iter_pending
+from mbias.records import RecordWriter
 
 SHOWN_FIELDS = (
     "id",
@@ -186,7 +186,7 @@ def _debias_file(
 ) -> None:
     counts: dict[str, int] = {}
     with RecordWriter(output, resume=resume, reads=reads) as writer:
-        pending = list(iter_pending(records, writer.done_ids))
+        pending = writer.pending(records)
         if resume and writer.done_ids:
             console.print(f"resuming: {len(writer.done_ids)} rows already in {output}, {len(pending)} to go")
         start = time.perf_counter()

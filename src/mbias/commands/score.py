@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mbias.commands.common import console, default_output, gather_inputs, progress_bar, rate_text
-from mbias.records import Record, RecordWriter, iter_pending
+from mbias.records import Record, RecordWriter
 
 BATCH = 64
 
@@ -46,7 +46,7 @@ def score(
         return
     destination = output or str(default_output(input, "scored"))
     with RecordWriter(destination, resume=resume, reads=[input]) as writer:
-        pending = list(iter_pending(records, writer.done_ids))
+        pending = writer.pending(records)
         start = time.perf_counter()
         with progress_bar("score") as progress:
             task = progress.add_task("score", total=len(pending), rate="")
