@@ -712,3 +712,38 @@ def test_sheets_never_write_over_sheets_readers_may_have_labelled(tmp_path):
     again = _cli("read-failures", "sheets", str(mined), "--out-dir", str(out), "--sheets", "1", "--seed", "5")
     assert again.returncode == 2 and "may hold readers' labels" in again.stderr
     assert (out / "sheet-1.jsonl").read_text() == labelled
+
+
+def test_read_failures_says_in_one_line_what_a_wrong_file_lacks(tmp_path):
+    mined_rows = [
+        {
+            "id": str(i),
+            "biased_text": f"text {i}",
+            "debiased_text": f"fair {i}",
+            "model_output": f"rewrite {i}",
+        }
+        for i in range(3)
+    ]
+    mined = _write_jsonl(tmp_path / "mined.jsonl", mined_rows)
+    few = _cli("read-failures", "sheets", str(mined), "--out-dir", str(tmp_path / "s"), "--sheets", "100")
+    assert few.returncode == 0 and len(list((tmp_path / "s").glob("sheet-*.jsonl"))) == 3  # none empty
+    labels = tmp_path / "labels.csv"  # filled in a spreadsheet: CSV reads the labels as "0" and "1"
+    labels.write_text("text,candidate,unsafe,meaning_kept\ntext 0,rewrite 0,1,1\ntext 1,rewrite 1,0,1\n")
+    out = tmp_path / "pairs.jsonl"
+    assert _cli("read-failures", "pairs", str(mined), str(labels), "--out", str(out)).returncode == 0
+    assert [json.loads(line)["rejected_text"] for line in out.read_text().splitlines()] == ["rewrite 0", ""]
+    no_candidate = _write_jsonl(tmp_path / "nc.jsonl", [{"text": "text 0", "unsafe": 1, "meaning_kept": 1}])
+    unmined = _write_jsonl(tmp_path / "raw.jsonl", [{"biased_text": "a", "debiased_text": "b"}])
+    elsewhere = _write_jsonl(
+        tmp_path / "other.jsonl", [{"text": "x", "candidate": "y", "unsafe": 0, "meaning_kept": 1}]
+    )
+    for args, message in [
+        (("pairs", str(mined), str(no_candidate)), "a row has no text and candidate"),
+        (("pairs", str(unmined), str(labels)), "no model_output column"),
+        (("pairs", str(mined), str(elsewhere)), "no labelled rewrite matches a row"),
+        (("select", str(unmined), "--kind", "copied"), "no rows with a failure column"),
+    ]:
+        result = _cli("read-failures", *args, "--out", str(tmp_path / "x.jsonl"))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.jsonl").exists()

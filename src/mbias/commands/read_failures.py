@@ -24,7 +24,7 @@ from typing import Annotated
 import typer
 
 from mbias.errors import MbiasError
-from mbias.records import check_writable, read_records, read_rows, write_records
+from mbias.records import NoTextColumn, check_writable, read_records, read_rows, write_records
 from mbias.train.mine import CHANGED, COPIED, LOOPED, LOST, READ_LOST, READ_UNSAFE, read_failures, readable
 
 WHOLE = ("toxigen_",)  # by default the ToxiGen-style files are read in full; the others are sampled
@@ -55,11 +55,7 @@ def sheets(
     seed: int = 11,
 ) -> None:
     """Blind sheets (text, candidate, empty labels) of the rewrites only a reader can judge."""
-    rows = read_records(mined, "biased_text")
-    missing = [k for k in ("debiased_text", "model_output") if k not in rows[0]]
-    if missing:
-        raise MbiasError(f"{mined}: no {' or '.join(missing)} column: sheets read what `mbias mine` wrote")
-    rows = [r for r in rows if readable(r)]
+    rows = [r for r in _mined_rows(mined) if readable(r)]
     rng = random.Random(seed)
     read_whole = {_source(r) for r in rows if _from_any(r, whole or WHOLE)}
     picks = [r for r in rows if _source(r) in read_whole]
@@ -71,6 +67,7 @@ def sheets(
     if taken:  # readers may have labelled them: never write over a sheet
         raise MbiasError(f"{taken[0]}: exists (it may hold readers' labels); choose another --out-dir")
     check_writable(out_dir)
+    sheets = max(1, min(sheets, len(picks)))  # never a sheet with nothing on it
     size = -(-len(picks) // sheets)
     for i in range(sheets):
         chunk = picks[i * size : (i + 1) * size]
@@ -90,10 +87,17 @@ def pairs(mined: Path, labelled: list[Path], out: Annotated[Path, typer.Option()
     labels = {}
     for path in labelled:
         for row in read_rows(path):
-            if row.get("unsafe") not in (0, 1) or row.get("meaning_kept") not in (0, 1):
-                raise typer.BadParameter(f"{path}: a row has no 0/1 unsafe and meaning_kept yet")
-            labels[(row["text"], row["candidate"])] = row
-    written, counts = read_failures(read_records(mined, "biased_text"), labels)
+            if not isinstance(row.get("text"), str) or not isinstance(row.get("candidate"), str):
+                raise MbiasError(
+                    f"{path}: a row has no text and candidate: pairs reads the sheets `sheets` wrote"
+                )
+            marks = {k: _label(row.get(k)) for k in ("unsafe", "meaning_kept")}
+            if None in marks.values():
+                raise MbiasError(f"{path}: a row has no 0/1 unsafe and meaning_kept yet")
+            labels[(row["text"], row["candidate"])] = {**row, **marks}
+    written, counts = read_failures(_mined_rows(mined), labels)
+    if not written:
+        raise MbiasError(f"no labelled rewrite matches a row of {mined}: were the sheets made from it?")
     write_records(out, written, reads=[mined, *labelled])
     typer.echo(f"wrote {out}: " + ", ".join(f"{n} {why}" for why, n in counts.most_common()))
 
@@ -112,13 +116,33 @@ def select(
     those named): a preference round aimed at one failure class that leaves the others out."""
     unknown = sorted(set(kind) - set(KINDS))
     if unknown:
-        raise typer.BadParameter(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+        raise MbiasError(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     wanted = {KINDS[k] for k in kind}
-    rows = [r for r in read_rows(pairs) if r.get("failure") in wanted]
+    rows = read_rows(pairs)
+    if not rows or "failure" not in rows[0]:
+        raise MbiasError(f"{pairs}: no rows with a failure column: select reads what mine or pairs wrote")
+    rows = [r for r in rows if r.get("failure") in wanted]
     if source:
         rows = [r for r in rows if _from_any(r, source)]
     write_records(out, rows, reads=[pairs])
     typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+def _mined_rows(path: Path) -> list[dict]:
+    """The rows `mbias mine` wrote, or one line saying what the file lacks."""
+    try:
+        rows = read_records(path, "biased_text")
+    except NoTextColumn:
+        rows = []
+    missing = [k for k in ("biased_text", "debiased_text", "model_output") if not rows or k not in rows[0]]
+    if missing:
+        raise MbiasError(f"{path}: no {', '.join(missing)} column: this reads what `mbias mine` wrote")
+    return rows
+
+
+def _label(value: object) -> int | None:
+    """A reader's 0/1, also as CSV reads it ("0", "1"); None when it is not filled in."""
+    return {0: 0, 1: 1, "0": 0, "1": 1}.get(value) if not isinstance(value, bool) else int(value)
 
 
 def _source(row: dict) -> str:
