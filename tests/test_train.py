@@ -308,6 +308,17 @@ def test_merge_gives_the_same_greedy_output_as_the_adapter(trained, tiny_model_d
     assert load_engine(f"hf:{merged}").generate(prompt, max_new_tokens=8) == with_adapter
     with pytest.raises(MbiasError, match="not a PEFT adapter"):
         merge_adapter(f"hf:{tiny_model_dir}", tmp_path, tmp_path / "other")
+    (tmp_path / "file.csv").write_text("x")
+    with pytest.raises(MbiasError, match="not an empty folder"):  # a file as --output
+        merge_adapter(f"hf:{tiny_model_dir}", output, tmp_path / "file.csv")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    with pytest.raises(MbiasError, match="not readable JSON"):
+        merge_adapter(f"hf:{tiny_model_dir}", broken, tmp_path / "other")
+    (broken / "adapter_config.json").write_text((output / "adapter_config.json").read_text())
+    with pytest.raises(MbiasError, match="does not load onto"):  # config without weights
+        merge_adapter(f"hf:{tiny_model_dir}", broken, tmp_path / "other")
 
 
 # -- CLI errors ----------------------------------------------------------------------------------
