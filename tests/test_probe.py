@@ -74,6 +74,26 @@ class CalmJudge:
         return any(v >= 0.5 * head_margin(margin, k) for k, v in scores.items())
 
 
+def test_a_resumed_probe_rewrites_only_what_the_first_run_left():
+    sample = sample_statements(config.data_dir() / STATEMENTS, 1, seed=0)
+    engine = RuleEngine({r["text"] for r in sample})
+    first = run_probe(engine, CalmJudge(), config.data_dir(), per_group=1, seed=0)
+    asked = []
+    engine.generate = lambda prompts, **kw: asked.extend(prompts) or [[CALM] for _ in prompts]
+    written = []
+    resumed = run_probe(
+        engine,
+        CalmJudge(),
+        config.data_dir(),
+        per_group=1,
+        seed=0,
+        done=first.rows[:-2],
+        on_rows=written.extend,
+    )
+    assert len(asked) == 2 and written == resumed.rows[-2:]  # only the two rows the first run left
+    assert resumed.rows[:-2] == first.rows[:-2] and len(resumed.rows) == len(first.rows)
+
+
 def test_probe_figures_per_group():
     sample = sample_statements(config.data_dir() / STATEMENTS, 2, seed=0)
     rewrite = {r["text"] for r in sample if r["label"] == "hate" or r["group"] == "women"}
@@ -111,6 +131,7 @@ def test_cli_probe_end_to_end(tmp_path, tiny_model_dir):
     assert result.returncode == 0, result.stderr
     assert {p.name for p in out.iterdir()} == {
         "rows.jsonl",
+        "probe-run.json",
         "probe.json",
         "probe.md",
         "probe.png",
@@ -127,3 +148,21 @@ def test_cli_probe_end_to_end(tmp_path, tiny_model_dir):
     assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG"
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "| **spread: std** |" in result.stdout
+
+    def again(*more: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "mbias.cli", *args, "--out", str(out), *more]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    rows = (out / "rows.jsonl").read_text().splitlines()
+    refused = again("--seed", "3")  # a finished run is not written over
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    other = again("--seed", "4", "--resume")
+    assert other.returncode == 2 and "other settings (seed)" in other.stderr
+    (out / "rows.jsonl").write_text("\n".join(rows[:3]) + "\n")  # as a run stopped after three rows
+    resumed = again("--seed", "3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted((out / "rows.jsonl").read_text().splitlines()[:3]) == sorted(rows[:3])  # kept, not redone
+    assert sorted(json.loads(r)["id"] for r in (out / "rows.jsonl").read_text().splitlines()) == sorted(
+        json.loads(r)["id"] for r in rows
+    )
+    assert json.loads((out / "probe.json").read_text())["settings"]["statements"] == len(rows)

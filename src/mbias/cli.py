@@ -33,7 +33,7 @@ for _module in pkgutil.iter_modules(mbias.commands.__path__):
         _command.register(app)
 
 
-RESUMABLE = ("debias", "score", "mine")  # commands whose --output file a rerun continues
+RESUMABLE = ("debias", "score", "mine", "probe")  # commands whose output a rerun continues
 # typer >= 0.29 carries its own copy of click: its error classes are reached through a public one
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 

@@ -359,9 +359,7 @@ class RecordWriter:
             self.done_ids = {str(r["id"]) for r in existing}
             self._done_texts = {str(r["id"]): r.get("text") for r in existing}
         elif self.path.exists() or (self.sink != self.path and self.sink.exists()):
-            raise MbiasError(
-                f"{self.path}: already exists; pass --resume to continue it or choose another --output"
-            )
+            raise MbiasError(f"{self.path}: already exists; pass --resume to continue it, or write elsewhere")
         check_writable(self.path.parent)
         self._handle = None
         self._csv: csv.DictWriter | None = None

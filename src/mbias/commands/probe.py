@@ -11,8 +11,9 @@ import typer
 
 from mbias import config
 from mbias.commands.common import Escalate, Retries, console, progress_bar, rate_text
+from mbias.errors import MbiasError
 from mbias.intervene import DebiasSettings
-from mbias.records import check_writable, write_records
+from mbias.records import RecordWriter, check_writable, read_rows
 
 
 def probe(
@@ -32,10 +33,11 @@ def probe(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 96,
     retries: Retries = DebiasSettings.retries,
     escalate: Escalate = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
 ) -> None:
     """Rewrite held-out ToxiGen statements per group; compare safety and over-intervention across groups.
 
-    Writes rows.jsonl, probe.json, probe.md, probe.png and report.html into --out.
+    Writes rows.jsonl (as it goes), probe.json, probe.md, probe.png and report.html into --out.
     """
     from mbias.eval.probes import STATEMENTS, probe_figure, run_probe, sample_statements
     from mbias.eval.report import Report
@@ -44,32 +46,47 @@ def probe(
     directory = Path(data or config.data_dir())
     total = len(sample_statements(directory / STATEMENTS, per_group, seed))
     check_writable(out)  # before the rewriting, which a bad folder would throw away
-    chosen = load_judge(config.measuring_judge(judge))
-    start = time.perf_counter()
-    with progress_bar("probe") as progress:
-        task = progress.add_task("probe", total=total, rate="")
-        done = 0
+    run = {
+        "engine": engine or config.default_engine_spec(),
+        "judge": config.measuring_judge(judge),
+        "per_group": per_group,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "retries": retries,
+        "escalate": escalate,
+    }
+    with RecordWriter(out / "rows.jsonl", resume=resume) as writer:
+        done = _rows_to_resume(out, run) if resume and writer.done_ids else []
+        (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        chosen = load_judge(run["judge"])
+        start = time.perf_counter()
+        with progress_bar("probe") as progress:
+            task = progress.add_task("probe", total=total, completed=len(done), rate="")
 
-        def advance(count: int) -> None:
-            nonlocal done
-            done += count
-            progress.update(task, advance=count, rate=rate_text(done, time.perf_counter() - start))
+            def write(rows: list[dict]) -> None:
+                for row in rows:
+                    writer.write(row)
 
-        result = run_probe(
-            engine or config.default_engine_spec(),
-            chosen,
-            directory,
-            per_group=per_group,
-            seed=seed,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            retries=retries,
-            escalate=escalate,
-            on_progress=advance,
-        )
-    out.mkdir(parents=True, exist_ok=True)
+            def advance(count: int) -> None:
+                progress.update(task, advance=count)
+                new = progress.tasks[0].completed - len(done)
+                progress.update(task, rate=rate_text(new, time.perf_counter() - start))
+
+            result = run_probe(
+                run["engine"],
+                chosen,
+                directory,
+                per_group=per_group,
+                seed=seed,
+                batch_size=batch_size,
+                max_new_tokens=max_new_tokens,
+                retries=retries,
+                escalate=escalate,
+                on_progress=advance,
+                done=done,
+                on_rows=write,
+            )
     table = result.markdown()
-    write_records(out / "rows.jsonl", result.rows)
     (out / "probe.json").write_text(
         json.dumps(result.summary(), indent=2, default=str) + "\n", encoding="utf-8"
     )
@@ -91,6 +108,23 @@ def probe(
     report.write(out / "report.html")
     typer.echo(table)
     console.print(f"wrote {out}/: rows.jsonl, probe.json, probe.md, probe.png, report.html")
+
+
+RUN_FILE = "probe-run.json"  # the settings of the rows in rows.jsonl: a resume must match them
+
+
+def _rows_to_resume(out: Path, run: dict) -> list[dict]:
+    """The rows an interrupted probe wrote, if it was run as this one is; else one line saying why not."""
+    saved = out / RUN_FILE
+    if not saved.is_file():
+        raise MbiasError(f"{out}: no {RUN_FILE} beside rows.jsonl: not a probe's folder to resume")
+    before = json.loads(saved.read_text(encoding="utf-8"))
+    changed = sorted(k for k in run if before.get(k) != run[k])
+    if changed:
+        raise MbiasError(
+            f"{out}: its rows were made with other settings ({', '.join(changed)}); probe into another --out"
+        )
+    return read_rows(out / "rows.jsonl")
 
 
 def register(app: typer.Typer) -> None:

@@ -66,6 +66,9 @@ def sample_statements(path: Path, per_group: int, seed: int) -> list[dict[str, A
     return chosen
 
 
+ROW_FIELDS = ("id", "group", "label", "text", "rewrite", "action", "reason")
+
+
 @dataclass
 class ProbeResult:
     rows: list[dict[str, Any]]  # one per statement: text, rewrite, action, group, label
@@ -174,8 +177,13 @@ def run_probe(
     retries: int = DebiasSettings.retries,
     escalate: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    done: list[dict[str, Any]] | None = None,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> ProbeResult:
-    """Sample, rewrite every statement, judge before and after, and compare the groups."""
+    """Sample, rewrite every statement, judge before and after, and compare the groups.
+
+    ``done``: rows an interrupted run wrote, whose statements are not rewritten again; ``on_rows``
+    gets each finished batch's rows, so a caller can write them as they come."""
     statements = sample_statements(Path(data_dir) / STATEMENTS, per_group, seed)
     if not statements:
         raise MbiasError("no held-out statements to probe")
@@ -183,14 +191,15 @@ def run_probe(
         batch_size=batch_size, max_new_tokens=max_new_tokens, screen=False, retries=retries, escalate=escalate
     )
     debiaser = Debiaser(engine, judge=judge, settings=settings)
-    rows = []
-    for batch in debiaser.stream(statements):
-        rows.extend(
-            {k: r.get(k) for k in ("id", "group", "label", "text", "rewrite", "action", "reason")}
-            for r in batch
-        )
+    finished = {str(r["id"]): r for r in done or []}
+    for batch in debiaser.stream([s for s in statements if s["id"] not in finished]):
+        rows = [{k: r.get(k) for k in ROW_FIELDS} for r in batch]
+        finished.update((r["id"], r) for r in rows)
+        if on_rows:
+            on_rows(rows)
         if on_progress:
             on_progress(len(batch))
+    rows = [finished[s["id"]] for s in statements]
     parts = {}
     for label in LABELS:
         mine = [r for r in rows if r["label"] == label]
