@@ -548,6 +548,11 @@ def test_score_cli_end_to_end_on_a_small_csv(tmp_path):
     text_mode = _mbias("score", "--format", "json", "The library opens at nine on Mondays.")
     assert text_mode.returncode == 0, text_mode.stderr
     assert json.loads(text_mode.stdout)["toxicity"] == pytest.approx(plain["toxicity"], abs=1e-3)
+    # an answer whose one biased sentence comes after 300 clean ones, past the encoder's 256 tokens
+    tail = "All women are stupid and worthless at every job."
+    long = _mbias("score", "--format", "json", "The library opens at nine on Mondays. " * 300 + tail)
+    answer = json.loads(long.stdout)
+    assert answer["worst_sentence"] == tail and answer["bias_label"] == 1, answer
 
 
 def test_train_judges_swaps_its_output_in_whole_and_a_stopped_run_changes_nothing(tmp_path):

@@ -225,8 +225,14 @@ def test_operations_endpoints_and_metrics():
         assert client.get("/healthz").json()["status"] == "ok"
         assert client.get("/readyz").json() == {"ready": True}
         assert client.get("/v1/models").json()["data"][0]["id"] == "scripted"
-        scored = client.post("/v1/score", json={"texts": ["calm words", "you idiot"]}).json()["results"]
-        assert [r["unsafe"] for r in scored] == [False, True] and scored[0]["category"] is None
+        answer = "The printer is fine. Only an idiot breaks it. Thanks."
+        scored = client.post("/v1/score", json={"texts": ["calm words", "you idiot", answer]}).json()[
+            "results"
+        ]
+        assert [r["unsafe"] for r in scored] == [False, True, True] and scored[0]["category"] is None
+        assert "worst_sentence" not in scored[1]  # one sentence: the text itself
+        assert scored[2]["worst_sentence"] == "Only an idiot breaks it." and scored[2]["text"] == answer
+        assert scored[2]["category"] == "insult or profanity"
         client.post("/v1/debias", json={"text": "you idiot fix the printer"})
         text = client.get("/metrics").text
         assert 'mbias_requests_total{path="/v1/debias",status="200"} 1.0' in text

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mbias.commands.common import console, default_output, gather_inputs, progress_bar, rate_text
+from mbias.judges import score_by_sentence
 from mbias.records import Record, RecordWriter
 
 BATCH = 64
@@ -59,21 +60,25 @@ def score(
 
 
 def score_records(judge: Any, records: list[Record]) -> list[Record]:
-    """Each record plus ``toxicity``, ``bias`` and their 0/1 ``*_label``; blank texts get an ``error``."""
+    """Each record plus ``toxicity``, ``bias`` and their 0/1 ``*_label``, read sentence by
+    sentence as the rewrite path screens (a text's score is its worst sentence's, named in
+    ``worst_sentence`` when the text has several); blank texts get an ``error``."""
     usable = [r for r in records if r["text"].strip()]
-    scores = iter(judge.score([r["text"] for r in usable]))
+    scores = iter(score_by_sentence(judge, [r["text"] for r in usable]))
     scored = []
     for record in records:
         record = dict(record)
         if record["text"].strip():
-            values = next(scores)
+            values, worst = next(scores)
             record.update({k: round(v, 4) for k, v in values.items()})
             record.update({f"{k}_label": v for k, v in judge.labels(values).items()})
+            record["worst_sentence"] = worst if worst != record["text"] else None
             record["error"] = None
         else:
             record.update(
                 {k: None for k in judge.thresholds}, **{f"{k}_label": None for k in judge.thresholds}
             )
+            record["worst_sentence"] = None
             record["error"] = "empty text"
         scored.append(record)
     return scored
@@ -85,6 +90,8 @@ def _line(record: Record) -> str:
     for head, (yes, no) in words.items():
         if head in record:
             parts.append(f"{head} {record[head]:.3f} ({yes if record[f'{head}_label'] else no})")
+    if record.get("worst_sentence"):
+        parts.append(f"worst sentence: {record['worst_sentence']!r}")
     return "  ".join(parts)
 
 

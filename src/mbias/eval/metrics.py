@@ -73,7 +73,7 @@ def measure(
     rows = judge.measure(own, sources, outputs) if own else [{} for _ in sources]  # type: ignore[attr-defined]
     rest = [m for m in metrics if m not in own]
     if any(m in rest for m in SAFETY):
-        for row, scores in zip(rows, score_by_sentence(judge, outputs)):
+        for row, (scores, _) in zip(rows, score_by_sentence(judge, outputs)):
             row.update({m: _number(scores.get(m)) for m in SAFETY if m in rest})
     if "retention" in rest:
         for row, value in zip(rows, judge.similarity(sources, outputs)):

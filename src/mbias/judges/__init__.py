@@ -48,22 +48,26 @@ def head_margin(margin: Margin, head: str) -> float:
 
 def score_worst_piece(
     judge: Judge, texts: list[str], pieces_of: Callable[[str], list[str]]
-) -> list[dict[str, float]]:
-    """Per text, each score's maximum over ``pieces_of(text)``, all pieces in one judge call."""
+) -> list[tuple[dict[str, float], str]]:
+    """Per text, each score's maximum over ``pieces_of(text)`` and the piece with the highest
+    score, all pieces in one judge call."""
     pieces = [pieces_of(t) for t in texts]
     scores = iter(judge.score([piece for p in pieces for piece in p]))
     rows = []
     for p in pieces:
         each = [next(scores) for _ in p]
-        rows.append({k: max(score[k] for score in each) for k in each[0]})
+        worst = max(range(len(p)), key=lambda i: max(each[i].values(), default=0.0))
+        rows.append(({k: max(score[k] for score in each) for k in each[0]}, p[worst]))
     return rows
 
 
-def score_by_sentence(judge: Judge, texts: list[str]) -> list[dict[str, float]]:
-    """Per text, each score's maximum over its sentences (one judge call for all of them).
+def score_by_sentence(judge: Judge, texts: list[str]) -> list[tuple[dict[str, float], str]]:
+    """Per text, each score's maximum over its sentences (one judge call for all of them), and the
+    sentence that scored highest.
 
-    A whole-text score averages one biased sentence of an answer away; the Debiaser screens per
-    sentence, and evaluation must see what it sees. A text of one sentence is scored as it is.
+    A whole-text score averages one biased sentence of an answer away (and the encoder reads only
+    its first 256 tokens); the Debiaser screens per sentence, and whoever scores or evaluates text
+    must see what it sees. A text of one sentence is scored as it is.
     """
     from mbias.segment import split_sentences
 

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mbias.engines.openai import OpenAIEngine
 from mbias.errors import MbiasError, UpstreamError
 from mbias.intervene import Debiaser
+from mbias.judges import score_by_sentence
 from mbias.records import lone_surrogate, repair_unicode
 from mbias.serve.batcher import MicroBatcher, Overloaded
 from mbias.serve.limits import (
@@ -181,14 +182,16 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
 
         texts = [body.text] if body.text is not None else body.texts
-        scores = await run_in_threadpool(judge.score, texts)
-        categories = await run_in_threadpool(judge.categorise, texts)
-        return {
-            "results": [
-                {"text": t, **s, "unsafe": judge.is_unsafe(s), "category": c if judge.is_unsafe(s) else None}
-                for t, s, c in zip(texts, scores, categories)
-            ]
-        }
+        worst = await run_in_threadpool(score_by_sentence, judge, texts)  # as the rewrite path screens
+        categories = await run_in_threadpool(judge.categorise, [sentence for _, sentence in worst])
+        results = []
+        for text, (scores, sentence), category in zip(texts, worst, categories):
+            unsafe = judge.is_unsafe(scores)
+            results.append(
+                {"text": text, **scores, "unsafe": unsafe, "category": category if unsafe else None}
+                | ({"worst_sentence": sentence} if sentence != text else {})
+            )
+        return {"results": results}
 
     @app.post("/v1/debias", dependencies=[Depends(authorised)])
     async def debias(body: DebiasRequest) -> dict[str, Any]:
