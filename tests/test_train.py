@@ -624,6 +624,23 @@ def test_context_pairs_command_gives_a_share_of_pairs_neighbours(tmp_path):
         "context-pairs", "--pairs", str(tmp_path / "none"), "--sentences", str(sentences), "-o", str(out)
     )
     assert missing.returncode == 2 and "no pair files" in missing.stderr
+    (tmp_path / "sub").mkdir()
+    again = _write_jsonl(tmp_path / "sub" / "pairs.jsonl", rows)
+    folder, twice_out = str(again.parent), str(tmp_path / "twice.jsonl")
+    twice = _cli(
+        "context-pairs",
+        "--pairs",
+        str(again),
+        "--pairs",
+        folder,
+        "--sentences",
+        str(sentences),
+        "-o",
+        twice_out,
+    )
+    assert twice.returncode == 0 and len((tmp_path / "twice.jsonl").read_text().splitlines()) == len(rows)
+    unpaired = _cli("context-pairs", "--pairs", str(sentences), "--sentences", str(sentences), "-o", str(out))
+    assert unpaired.returncode == 2 and "every row needs biased_text and debiased_text" in unpaired.stderr
 
 
 def test_the_1_5b_preset_trains_a_qwen2_adapter_on_the_short_prompt(tmp_path):

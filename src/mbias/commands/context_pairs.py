@@ -69,11 +69,16 @@ def context_pairs(
     rows, files_read = [], []
     for given in pairs or [REPO_ROOT / "data" / "bias"]:
         files = sorted(given.glob("*.jsonl")) if given.is_dir() else [given]
-        files_read += files
         if not files or not all(f.is_file() for f in files):
             raise MbiasError(f"{given}: no pair files (*.jsonl) there")
         for path in files:
-            rows += read_rows(path)
+            if path.resolve() in {f.resolve() for f in files_read}:
+                continue  # a file named twice (itself and its folder) gives its pairs once
+            files_read.append(path)
+            found = read_rows(path)
+            if not found or any(not r.get("biased_text") or "debiased_text" not in r for r in found):
+                raise MbiasError(f"{path}: every row needs biased_text and debiased_text (training pairs)")
+            rows += found
     made = with_context(rows, neighbours(sentences), share, seed)
     # files mined in different rounds reuse ids: number the rows, keep where each came from
     made = [{**row, "id": f"ctx-{i:05d}", "source_id": row.get("id")} for i, row in enumerate(made)]
