@@ -104,6 +104,7 @@ def test_resume_after_killed_run_loses_and_duplicates_nothing(tmp_path, engine):
         (None, [""], "empty"),
         (None, ["--batch-size", "0", "hello"], "greater than or equal to 1"),
         (None, ["--granularity", "word", "hello"], "choose one of auto, sentence, text"),
+        (None, ["--explain", "--format", "json", "hello"], "--explain prints a table"),
         (None, ["--no-such-option", "hello"], "No such option"),
         ("text\na\n", ["-i", "{tmp}/in.csv", "-o", "{tmp}/in.csv", "--resume"], "is the input file"),
         ("text\na\n", ["-i", "{tmp}/in.csv", "-o", "{tmp}/in.csv/o.jsonl"], "is a file, not a folder"),

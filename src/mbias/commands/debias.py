@@ -103,6 +103,10 @@ def debias(
     """
     if granularity not in GRANULARITIES:
         raise typer.BadParameter(f"choose one of {', '.join(GRANULARITIES)}", param_hint="--granularity")
+    if explain and format == "json":
+        raise MbiasError(
+            "--explain prints a table for people; for JSON leave it out (records carry the same spans)"
+        )
     settings = DebiasSettings(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
