@@ -97,8 +97,8 @@ def eval_command(
     if group_column:
         _column(rows, group_column, (), "--group-column", input)  # type: ignore[arg-type]
     directory = out or Path(str(Path(input).with_suffix("")) + ".eval")  # type: ignore[arg-type]
+    chosen = load_judge(config.measuring_judge(judge))  # a wrong --judge leaves no empty folder behind
     check_writable(directory)  # before the scoring, which a bad folder would throw away
-    chosen = load_judge(config.measuring_judge(judge))
     from mbias.eval.metrics import evaluate, paper_table
     from mbias.eval.report import evaluation_report
 
@@ -138,8 +138,9 @@ def _paper(judge: Any, data: Path, out: Path, limit: int | None) -> None:
     from mbias.eval.paper import rescore, total_rows
     from mbias.eval.report import evaluation_report
 
+    total = total_rows(data, limit)  # missing data leaves no empty folder behind
     check_writable(out)
-    with _progress(total_rows(data, limit)) as advance:
+    with _progress(total) as advance:
         result = rescore(judge, data, limit=limit, on_progress=advance)
     markdown = result.markdown()
     out.mkdir(parents=True, exist_ok=True)

@@ -39,12 +39,15 @@ def probe(
 
     Writes rows.jsonl (as it goes), probe.json, probe.md, probe.png and report.html into --out.
     """
+    from mbias.engines import check_spec
     from mbias.eval.probes import STATEMENTS, probe_figure, run_probe, sample_statements
     from mbias.eval.report import Report
     from mbias.judges import load_judge
 
     directory = Path(data or config.data_dir())
     total = len(sample_statements(directory / STATEMENTS, per_group, seed))
+    chosen = load_judge(config.measuring_judge(judge))  # a wrong --judge or --engine leaves no folder
+    check_spec(config.resolve(engine or config.default_engine_spec()).spec)
     check_writable(out)  # before the rewriting, which a bad folder would throw away
     run = {
         "engine": engine or config.default_engine_spec(),
@@ -58,7 +61,6 @@ def probe(
     with RecordWriter(out / "rows.jsonl", resume=resume) as writer:
         done = _rows_to_resume(out, run) if resume and writer.done_ids else []
         (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-        chosen = load_judge(run["judge"])
         start = time.perf_counter()
         with progress_bar("probe") as progress:
             task = progress.add_task("probe", total=total, completed=len(done), rate="")
