@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -583,3 +584,27 @@ def test_train_judges_swaps_its_output_in_whole_and_a_stopped_run_changes_nothin
     assert [p.name for p in tmp_path.iterdir()] == ["judges"]
     (tmp_path / "plain").mkdir()  # readable as any folder made here, not owner-only
     assert judge.stat().st_mode == (tmp_path / "plain").stat().st_mode
+    import os
+
+    os.chdir(judge)  # --output . names the folder it is run in
+    try:
+        with _staged(Path(".")) as staging:
+            (staging / "heads.json").write_text("from here")
+    finally:
+        os.chdir(tmp_path)
+    assert (judge / "heads.json").read_text() == "from here"
+
+
+def test_the_worst_sentence_is_the_one_furthest_over_its_heads_threshold():
+    from mbias.judges import score_by_sentence
+
+    class Thresholded:
+        thresholds = {"toxicity": 0.395, "bias": 0.615}
+
+        def score(self, texts):
+            table = {"Some people are like that.": (0.0, 0.60), "You are an idiot.": (0.45, 0.0)}
+            return [dict(zip(("toxicity", "bias"), table.get(t, (0.0, 0.0)))) for t in texts]
+
+    [(scores, worst)] = score_by_sentence(Thresholded(), ["Some people are like that. You are an idiot."])
+    assert scores == {"toxicity": 0.45, "bias": 0.60}
+    assert worst == "You are an idiot."  # over its threshold; bias 0.60 is the higher score, yet under 0.615

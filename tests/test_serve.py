@@ -230,7 +230,7 @@ def test_operations_endpoints_and_metrics():
             "results"
         ]
         assert [r["unsafe"] for r in scored] == [False, True, True] and scored[0]["category"] is None
-        assert "worst_sentence" not in scored[1]  # one sentence: the text itself
+        assert scored[1]["worst_sentence"] is None  # one sentence: the text itself
         assert scored[2]["worst_sentence"] == "Only an idiot breaks it." and scored[2]["text"] == answer
         assert scored[2]["category"] == "insult or profanity"
         client.post("/v1/debias", json={"text": "you idiot fix the printer"})
@@ -568,7 +568,7 @@ def test_an_upstream_that_trickles_its_answer_is_cut_at_the_deadline():
     from mbias.serve.background import serve_in_thread
 
     app = FastAPI()
-    answer = json.dumps({"choices": [{"message": {"content": "fine"}}]}).encode()
+    answer = json.dumps({"choices": [{"message": {"content": "fine" + "." * 100}}]}).encode()  # 7 s in bytes
 
     @app.post("/v1/chat/completions")
     async def chat(slow: bool = True):
@@ -584,9 +584,9 @@ def test_an_upstream_that_trickles_its_answer_is_cut_at_the_deadline():
         start = time.monotonic()
         with pytest.raises(UpstreamError, match="did not answer in time") as late:
             upstream.request("POST", "/chat/completions", {}, deadline=start + 1.0)
-        assert late.value.status == 504 and time.monotonic() - start < 1.5
+        assert late.value.status == 504 and time.monotonic() - start < 2.5
         fast = upstream.request("POST", "/chat/completions?slow=false", {}, deadline=time.monotonic() + 5)
-        assert fast["choices"][0]["message"]["content"] == "fine"
+        assert fast["choices"][0]["message"]["content"].startswith("fine")
 
 
 def test_metrics_count_failed_and_refused_requests():

@@ -755,6 +755,13 @@ def test_read_failures_says_in_one_line_what_a_wrong_file_lacks(tmp_path):
     mined = _write_jsonl(tmp_path / "mined.jsonl", mined_rows)
     few = _cli("read-failures", "sheets", str(mined), "--out-dir", str(tmp_path / "s"), "--sheets", "100")
     assert few.returncode == 0 and len(list((tmp_path / "s").glob("sheet-*.jsonl"))) == 3  # none empty
+    five = _write_jsonl(
+        tmp_path / "five.jsonl",
+        [{**mined_rows[0], "biased_text": f"text {i}", "id": str(i)} for i in range(5)],
+    )
+    dealt = _cli("read-failures", "sheets", str(five), "--out-dir", str(tmp_path / "f"), "--sheets", "4")
+    sizes = sorted(len(p.read_text().splitlines()) for p in (tmp_path / "f").glob("sheet-*.jsonl"))
+    assert dealt.returncode == 0 and sizes == [1, 1, 1, 2]  # rounding up the size left sheet 4 empty
     labels = tmp_path / "labels.csv"  # filled in a spreadsheet: CSV reads the labels as "0" and "1"
     labels.write_text("text,candidate,unsafe,meaning_kept\ntext 0,rewrite 0,1,1\ntext 1,rewrite 1,0,1\n")
     out = tmp_path / "pairs.jsonl"

@@ -174,6 +174,8 @@ class Debiaser:
         for name, given, needs in (("engine", engine, "generate"), ("judge", judge, "score")):
             if not (given is None or isinstance(given, str) or hasattr(given, needs)):
                 raise MbiasError(f"{name} must be a name, a spec or an object with .{needs}(), not {given!r}")
+        if settings is not None and not isinstance(settings, DebiasSettings):
+            raise MbiasError(f"settings must be a DebiasSettings, not {type(settings).__name__}")
         if prompt_style is not None and prompt_style not in STYLES:
             raise MbiasError(f"prompt_style must be one of {', '.join(STYLES)}, not {prompt_style!r}")
         entry = config.resolve(engine if isinstance(engine, str) else config.default_engine_spec())
@@ -188,8 +190,6 @@ class Debiaser:
             judge = config.default_judge("" if judge == "default" else judge)
         self.judge: Judge | None = load_judge(judge) if isinstance(judge, str) else judge
         self.settings = settings or DebiasSettings()
-        if not isinstance(self.settings, DebiasSettings):
-            raise MbiasError(f"settings must be a DebiasSettings, not {type(self.settings).__name__}")
         known = getattr(self.judge, "thresholds", None)
         unknown = set(self.settings.screen_margin_heads) - set(known) if isinstance(known, dict) else set()
         if unknown:

@@ -103,7 +103,7 @@ def debias(
     """
     if granularity not in GRANULARITIES:
         raise typer.BadParameter(f"choose one of {', '.join(GRANULARITIES)}", param_hint="--granularity")
-    if explain and format == "json":
+    if explain and format == "json" and input is None:
         raise MbiasError(
             "--explain prints a table for people; for JSON leave it out (records carry the same spans)"
         )

@@ -52,6 +52,7 @@ def probe(
     run = {
         "engine": engine or config.default_engine_spec(),
         "judge": config.measuring_judge(judge),
+        "data": str(directory.resolve()),
         "per_group": per_group,
         "seed": seed,
         "max_new_tokens": max_new_tokens,

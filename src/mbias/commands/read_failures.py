@@ -63,14 +63,17 @@ def sheets(
         pool = [r for r in rows if _source(r) == source]
         picks += rng.sample(pool, min(per_file, len(pool)))
     rng.shuffle(picks)
+    if not picks:
+        raise MbiasError(
+            f"{mined}: no rewrite only a reader can judge (each failed a check, or is the target)"
+        )
     taken = sorted(out_dir.glob("sheet-*.jsonl")) if out_dir.is_dir() else []
     if taken:  # readers may have labelled them: never write over a sheet
         raise MbiasError(f"{taken[0]}: exists (it may hold readers' labels); choose another --out-dir")
     check_writable(out_dir)
-    sheets = max(1, min(sheets, len(picks)))  # never a sheet with nothing on it
-    size = -(-len(picks) // sheets)
+    sheets = min(sheets, len(picks))  # dealt in turn: no sheet is left with nothing on it
     for i in range(sheets):
-        chunk = picks[i * size : (i + 1) * size]
+        chunk = picks[i::sheets]
         blank = [
             {"text": r["biased_text"], "candidate": r["model_output"], "unsafe": None, "meaning_kept": None}
             for r in chunk

@@ -70,6 +70,7 @@ def train_judges(
         raise MbiasError(f"--heads must be 'all' or 'category', not {heads!r}")
     if encoder not in ("tune", "frozen"):
         raise MbiasError(f"--encoder must be 'tune' or 'frozen', not {encoder!r}")
+    output = output.resolve()
     if output.exists() and not output.is_dir():
         raise MbiasError(f"{output}: is a file; --output takes a folder")
     check_writable(output.parent)
@@ -102,6 +103,7 @@ def _staged(output: Path, keep_trained: bool = False) -> Iterator[Path]:
     beside the old heads would score every text wrongly and say nothing, and ``output`` is by
     default the installed package's own judge. Other files there (a README) carry over, and with
     ``keep_trained`` the old judge too, for a run that replaces only part of it."""
+    output = output.resolve()  # "." has no name to stage beside; a link's target is the judge
     staging = output.with_name(f".{output.name}-training-{secrets.token_hex(4)}")
     staging.mkdir()  # as any new folder (umask), not mkdtemp's owner-only mode
     try:
@@ -113,7 +115,12 @@ def _staged(output: Path, keep_trained: bool = False) -> Iterator[Path]:
         old = output.with_name(f".{output.name}-replaced-{os.getpid()}")
         if output.exists():
             os.rename(output, old)
-        os.rename(staging, output)
+        try:
+            os.rename(staging, output)
+        except OSError:
+            if old.exists():
+                os.rename(old, output)  # the judge that was there stays there
+            raise
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -49,14 +49,19 @@ def head_margin(margin: Margin, head: str) -> float:
 def score_worst_piece(
     judge: Judge, texts: list[str], pieces_of: Callable[[str], list[str]]
 ) -> list[tuple[dict[str, float], str]]:
-    """Per text, each score's maximum over ``pieces_of(text)`` and the piece with the highest
-    score, all pieces in one judge call."""
+    """Per text, each score's maximum over ``pieces_of(text)`` and the piece furthest over (or
+    least under) a head's threshold, all pieces in one judge call."""
+    thresholds = getattr(judge, "thresholds", None) or {}
     pieces = [pieces_of(t) for t in texts]
     scores = iter(judge.score([piece for p in pieces for piece in p]))
     rows = []
+
+    def over(score: dict[str, float]) -> float:
+        return max((v - thresholds.get(k, 0.5) for k, v in score.items()), default=0.0)
+
     for p in pieces:
         each = [next(scores) for _ in p]
-        worst = max(range(len(p)), key=lambda i: max(each[i].values(), default=0.0))
+        worst = max(range(len(p)), key=lambda i: over(each[i]))
         rows.append(({k: max(score[k] for score in each) for k in each[0]}, p[worst]))
     return rows
 

@@ -189,7 +189,7 @@ def create_app(
             unsafe = judge.is_unsafe(scores)
             results.append(
                 {"text": text, **scores, "unsafe": unsafe, "category": category if unsafe else None}
-                | ({"worst_sentence": sentence} if sentence != text else {})
+                | {"worst_sentence": sentence if sentence != text else None}
             )
         return {"results": results}
 
