@@ -143,7 +143,6 @@ def _paper(judge: Any, data: Path, out: Path, limit: int | None) -> None:
     with _progress(total) as advance:
         result = rescore(judge, data, limit=limit, on_progress=advance)
     markdown = result.markdown()
-    out.mkdir(parents=True, exist_ok=True)
     write_records(
         out / "rows.jsonl", [{"system": s.name} | row for s in result.systems for row in s.evaluation.rows]
     )

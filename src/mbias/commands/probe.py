@@ -13,7 +13,7 @@ from mbias import config
 from mbias.commands.common import Escalate, Retries, console, progress_bar, rate_text
 from mbias.errors import MbiasError
 from mbias.intervene import DebiasSettings
-from mbias.records import RecordWriter, check_writable, read_rows
+from mbias.records import RecordWriter, read_rows
 
 
 def probe(
@@ -46,9 +46,6 @@ def probe(
 
     directory = Path(data or config.data_dir())
     total = len(sample_statements(directory / STATEMENTS, per_group, seed))
-    chosen = load_judge(config.measuring_judge(judge))  # a wrong --judge or --engine leaves no folder
-    check_spec(config.resolve(engine or config.default_engine_spec()).spec)
-    check_writable(out)  # before the rewriting, which a bad folder would throw away
     run = {
         "engine": engine or config.default_engine_spec(),
         "judge": config.measuring_judge(judge),
@@ -59,6 +56,9 @@ def probe(
         "retries": retries,
         "escalate": escalate,
     }
+    chosen = load_judge(run["judge"])  # a wrong --judge or --engine leaves no folder behind
+    check_spec(config.resolve(run["engine"]).spec)
+    # the writer checks --out before the rewriting, which a bad folder would throw away
     with RecordWriter(out / "rows.jsonl", resume=resume) as writer:
         done = _rows_to_resume(out, run) if resume and writer.done_ids else []
         (out / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")

@@ -61,8 +61,9 @@ def score(
 
 def score_records(judge: Any, records: list[Record]) -> list[Record]:
     """Each record plus ``toxicity``, ``bias`` and their 0/1 ``*_label``, read sentence by
-    sentence as the rewrite path screens (a text's score is its worst sentence's, named in
-    ``worst_sentence`` when the text has several); blank texts get an ``error``."""
+    sentence as the rewrite path screens (each head's score is its highest over the sentences; the
+    sentence furthest over a threshold is named in ``worst_sentence`` when the text has several);
+    blank texts get an ``error``."""
     usable = [r for r in records if r["text"].strip()]
     scores = iter(score_by_sentence(judge, [r["text"] for r in usable]))
     scored = []

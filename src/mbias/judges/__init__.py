@@ -68,7 +68,7 @@ def score_worst_piece(
 
 def score_by_sentence(judge: Judge, texts: list[str]) -> list[tuple[dict[str, float], str]]:
     """Per text, each score's maximum over its sentences (one judge call for all of them), and the
-    sentence that scored highest.
+    sentence furthest over (or least under) a head's threshold.
 
     A whole-text score averages one biased sentence of an answer away (and the encoder reads only
     its first 256 tokens); the Debiaser screens per sentence, and whoever scores or evaluates text
