@@ -95,6 +95,8 @@ def tally(args: argparse.Namespace) -> None:
     from mbias.judges import load_judge
 
     path = Path(args.sheet)
+    if not Path(f"{path}.key.json").is_file():  # a second reader's copy: give it as --second
+        raise SystemExit(f"{path}: no {path.name}.key.json beside it; tally the sheet 'sheet' wrote")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     key = json.loads(Path(f"{path}.key.json").read_text())
     missing = [i + 1 for i, row in enumerate(rows) if row.get("unsafe") not in (0, 1)]

@@ -584,6 +584,13 @@ def test_context_pairs_reach_the_prompt_and_the_adapter_records_it(tiny_model_di
     assert json.loads((output / "train_config.json").read_text())["context"] is True
     entry = settings.resolve(f"hf:{tiny_model_dir}+adapter:{output}")
     assert (entry.prompt_style, entry.context) == ("mbias", True)
+    # a round on lone sentences that continues it keeps what it learned; one from scratch has none
+    lone = str(_write_jsonl(tmp_path / "lone.jsonl", rows[:4]))
+    steps = ("max_steps=1", "val_fraction=0")
+    train(_config(tiny_model_dir, *steps, f"init_adapter={output}"), [lone], tmp_path / "continued")
+    train(_config(tiny_model_dir, *steps), [lone], tmp_path / "fresh")
+    assert json.loads((tmp_path / "continued" / "train_config.json").read_text())["context"] is True
+    assert json.loads((tmp_path / "fresh" / "train_config.json").read_text())["context"] is False
 
 
 def test_context_pairs_command_gives_a_share_of_pairs_neighbours(tmp_path):

@@ -197,6 +197,18 @@ def weight_format(model: Any) -> str:
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
+def learned_context(config: TrainConfig, pairs: list[Pair]) -> bool:
+    """Whether the adapter has learned prompts with neighbouring sentences, so the Debiaser shows
+    them: this run's pairs carry them, or the adapter it continues had learned them. A DPO round
+    on lone sentences does not unlearn what its SFT stage taught (the shipped mbias-1.5b's SFT
+    trained on 2,041 pairs with context; its DPO run on lone ones had recorded "context": false,
+    so the product path never showed the model an answer's neighbouring sentences)."""
+    from mbias.config import adapter_prompt
+
+    continued = adapter_prompt(config.init_adapter) if config.init_adapter else None
+    return any(pair_context(p) for p in pairs) or bool(continued and continued[1])
+
+
 def train(
     config: TrainConfig,
     data_specs: list[str],
@@ -223,8 +235,7 @@ def train(
     data = load_training_data(data_specs, config, mapping)
     output.mkdir(parents=True, exist_ok=True)
     write_card(data.card, output)
-    # "context": the prompts showed neighbouring sentences, so the Debiaser shows them too
-    recorded = {**config.to_dict(), "context": any(pair_context(p) for p in data.train)}
+    recorded = {**config.to_dict(), "context": learned_context(config, data.train)}
     (output / "train_config.json").write_text(json.dumps(recorded, indent=2) + "\n", encoding="utf-8")
     started = time.perf_counter()
     trainer = build_trainer(config, data, output)
