@@ -162,6 +162,29 @@ def test_rows_with_different_keys_load_together(tmp_path):
     )
 
 
+def test_preference_pairs_differ_by_their_rejected_text(tmp_path):
+    """Two models' failures on one text are two preference pairs (the current model's is the one
+    that matters); the same failure twice, or an SFT pair twice, is a duplicate."""
+    (src, tgt), (other, other_tgt) = _kept_pairs(2)
+    older = _write_jsonl(
+        tmp_path / "older.jsonl", [{"biased_text": src, "debiased_text": tgt, "rejected_text": "A."}]
+    )
+    newer = _write_jsonl(
+        tmp_path / "newer.jsonl",
+        [
+            {"biased_text": src, "debiased_text": tgt, "rejected_text": "B."},
+            {"biased_text": src, "debiased_text": tgt, "rejected_text": "a. "},  # older's, spaced and cased
+            {"biased_text": other, "debiased_text": other_tgt, "rejected_text": "C."},
+        ],
+    )
+    dpo = apply_overrides(preset("cpu-small"), ["method=dpo", "val_fraction=0", "exclude_test_set="])
+    data = load_training_data([str(older), str(newer)], dpo)
+    assert sorted(p["rejected_text"] for p in data.train) == ["A.", "B.", "C."]
+    sft = apply_overrides(preset("cpu-small"), ["val_fraction=0", "exclude_test_set="])
+    with pytest.raises(MbiasError, match="its 3 pairs hold 1 new distinct"):  # SFT: one text, one pair
+        load_training_data([str(older), str(newer)], sft)
+
+
 def test_data_spec_parsing():
     assert DataSpec.parse("a/b.tsv:1200") == DataSpec("a/b.tsv", cap=1200)
     assert DataSpec.parse("data/bias:x2.5") == DataSpec("data/bias", weight=2.5)

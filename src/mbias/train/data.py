@@ -152,13 +152,17 @@ def _pairs_of(
 
 
 def _filter(
-    pairs: list[Pair], seen: set[tuple[str, str]], config: Any, test: frozenset[str]
+    pairs: list[Pair], seen: set[tuple[str, ...]], config: Any, test: frozenset[str]
 ) -> tuple[list, Counter]:
-    """Drop bad pairs, counting why; ``seen`` carries dedup across sources."""
+    """Drop bad pairs, counting why; ``seen`` carries dedup across sources. A preference pair is
+    its rejected text too: the current model's failure on a text an older model also failed on
+    is a pair of its own, not a copy of the older one."""
     kept, dropped = [], Counter()
     for p in pairs:
         src, tgt = p["biased_text"], p["debiased_text"]
         key = (normalise(src), normalise(tgt))
+        if config.method == "dpo":
+            key += (normalise(p.get(REJECTED) or ""),)
         if not src or not tgt:
             dropped["empty source or target"] += 1
         elif config.method == "dpo" and not p.get(REJECTED):
@@ -206,7 +210,7 @@ def load_training_data(specs: list[str], config: Any, mapping: dict[str, str] | 
     test_path = config.test_set_path()
     test = paper_test_set(Path(test_path)) if test_path and Path(test_path).exists() else frozenset()
     rng = random.Random(config.seed)
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     per_source: list[tuple[DataSpec, list[Pair], dict[str, Any]]] = []
     for text in specs:
         spec = DataSpec.parse(text)
@@ -269,7 +273,7 @@ def _card(
             counts[name] = dict(values.most_common())
     filters = [
         "empty source or target",
-        "exact duplicates (case/whitespace-normalised source and target, across sources)",
+        "exact duplicates (case/whitespace-normalised source, target and DPO rejected text, across sources)",
         f"length: source >= {config.min_chars} chars and source + target <= {config.max_chars} chars",
         "ParaDetox references identical to their toxic source",
         f"sources in the paper's test set ({test_path})"
