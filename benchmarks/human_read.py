@@ -95,10 +95,11 @@ def tally(args: argparse.Namespace) -> None:
     from mbias.judges import load_judge
 
     path = Path(args.sheet)
-    if not Path(f"{path}.key.json").is_file():  # a second reader's copy: give it as --second
-        raise SystemExit(f"{path}: no {path.name}.key.json beside it; tally the sheet 'sheet' wrote")
+    key_path = Path(f"{path}.key.json")
+    if not key_path.is_file():  # a second reader's copy: give it as --second
+        raise SystemExit(f"{path}: no {key_path.name} beside it; tally the sheet 'sheet' wrote")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    key = json.loads(Path(f"{path}.key.json").read_text())
+    key = json.loads(key_path.read_text())
     missing = [i + 1 for i, row in enumerate(rows) if row.get("unsafe") not in (0, 1)]
     if missing:
         raise SystemExit(f"{path}: rows {missing[:10]} have no 0/1 'unsafe' label yet")
