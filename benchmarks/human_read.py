@@ -13,7 +13,9 @@ still biased or toxic by docs/ANNOTATION.md, 0: fair); ``tally`` then un-blinds 
 ``--product NAME=ADAPTER`` adds what ``mbias debias --retries R`` returns (judge screen and
 verification, ``--retries`` samples when the rewrite fails) next to the greedy rewrites of
 ``--system``: the read that says whether the judge's choices fix texts or only slip them under it.
-``--product NAME=ADAPTER@ENGINE`` is that product with ``--escalate ENGINE``.
+``--product NAME=ADAPTER@ENGINE`` is that product with ``--escalate ENGINE``; ``--candidates NAME=N``
+gives product NAME N candidates (the greedy one and N - 1 samples, ordered by the judge's reader heads).
+``--exclude SHEET`` skips the inputs of an earlier sheet, for a read on texts nobody has read yet.
 
 Candidates already labelled in earlier sheets (``--labels``) come pre-filled, so a new system only
 adds its own new texts to read. The key (which system wrote each row) is in ``<out>.key.json``.
@@ -52,15 +54,15 @@ def rewrites(adapter: str, texts: list[str]) -> list[str]:
     return [clean_output(o[0], t) for o, t in zip(outputs, texts)]
 
 
-def product_rewrites(adapter: str, texts: list[str], retries: int) -> list[str]:
-    """What ``mbias debias --retries R [--escalate ENGINE]`` returns: screened and verified by the
-    judge; ``ADAPTER@ENGINE`` escalates the flagged ones to ENGINE."""
+def product_rewrites(adapter: str, texts: list[str], retries: int, candidates: int = 1) -> list[str]:
+    """What ``mbias debias --retries R --candidates N [--escalate ENGINE]`` returns: screened and
+    verified by the judge; ``ADAPTER@ENGINE`` escalates the flagged ones to ENGINE."""
     from mbias.intervene import Debiaser, DebiasSettings
     from mbias.judges import load_judge
 
     adapter, _, escalate = adapter.partition("@")
     engine, style = _engine(adapter)
-    settings = DebiasSettings(retries=retries, escalate=escalate or None)
+    settings = DebiasSettings(retries=retries, candidates=candidates, escalate=escalate or None)
     debiaser = Debiaser(engine, judge=load_judge("embedded"), prompt_style=style, settings=settings)
     return [r["rewrite"] for r in debiaser.debias(texts)]
 
@@ -69,7 +71,9 @@ def sheet(args: argparse.Namespace) -> None:
     from mbias.eval.dev import dev_splits
 
     _, texts, references = dev_splits(args.pool)[args.split]
-    picks = sorted(random.Random(args.seed).sample(range(len(texts)), min(args.n, len(texts))))
+    seen = {json.loads(line)["text"] for path in args.exclude for line in Path(path).read_text().splitlines()}
+    fresh = [i for i, text in enumerate(texts) if text not in seen]
+    picks = sorted(random.Random(args.seed).sample(fresh, min(args.n, len(fresh))))
     texts = [texts[i] for i in picks]
     systems = {REFERENCE: [references[i] for i in picks]} if references else {}
     for item in args.system:
@@ -77,7 +81,8 @@ def sheet(args: argparse.Namespace) -> None:
         systems[name] = rewrites(adapter, texts)
     for item in args.product:
         name, _, adapter = item.partition("=")
-        systems[name] = product_rewrites(adapter, texts, args.retries)
+        candidates = dict(c.split("=", 1) for c in args.candidates).get(name, 1)
+        systems[name] = product_rewrites(adapter, texts, args.retries, int(candidates))
     rows: dict[tuple[str, str], list[str]] = {}
     for name, outputs in systems.items():
         for text, candidate in zip(texts, outputs):
@@ -168,6 +173,12 @@ def main() -> None:
         help="NAME=ADAPTER_DIR, as debias runs it; NAME=ADAPTER_DIR@ENGINE with --escalate ENGINE",
     )
     make.add_argument("--retries", type=int, default=0, help="the --product systems' retries")
+    make.add_argument(
+        "--candidates", action="append", default=[], help="NAME=N: product NAME's candidates (default 1)"
+    )
+    make.add_argument(
+        "--exclude", action="append", default=[], help="an earlier sheet whose inputs this one skips"
+    )
     make.add_argument("--labels", action="append", default=[], help="earlier labelled sheets to reuse")
     make.add_argument("--out", required=True)
     count = commands.add_parser("tally", help="un-blind a labelled sheet")

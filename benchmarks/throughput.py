@@ -12,6 +12,7 @@ and a float32 matmul measured in the same run says how many FLOPs per second the
     python benchmarks/throughput.py --out runs/throughput.json
     python benchmarks/throughput.py --workloads short --texts 64 --engine mbias-270m --judge embedded
     python benchmarks/throughput.py --escalate mbias-1.5b            # the flagged ones to a second engine
+    python benchmarks/throughput.py --engine mbias-1.5b --candidates 5   # best of five per flagged unit
     python benchmarks/throughput.py --workloads short --latency 16   # and one text at a time, warm
 """
 
@@ -32,9 +33,10 @@ from mbias.intervene import Debiaser, DebiasSettings
 from mbias.records import RecordWriter, read_records
 from mbias import config, profile
 imported = time.perf_counter()
-source, target, engine, judge, batch_size, escalate = sys.argv[1:7]
+source, target, engine, judge, batch_size, escalate, candidates = sys.argv[1:8]
 debiaser = Debiaser(engine, judge=config.default_judge(judge),
-                    settings=DebiasSettings(batch_size=int(batch_size), escalate=escalate or None))
+                    settings=DebiasSettings(batch_size=int(batch_size), escalate=escalate or None,
+                                            candidates=int(candidates)))
 built = time.perf_counter()
 with profile.stage("read"):
     records = read_records(source, "text")
@@ -86,13 +88,16 @@ def matmul_gflops(seconds: float = 3.0) -> float:
     return runs * 2 * 1024**3 / (time.perf_counter() - start) / 1e9
 
 
-def run_job(records: list[dict], engine: str, judge: str, batch_size: int, escalate: str = "") -> dict:
+def run_job(
+    records: list[dict], engine: str, judge: str, batch_size: int, escalate: str = "", candidates: int = 1
+) -> dict:
     with tempfile.TemporaryDirectory() as work:
         source, target = Path(work, "in.jsonl"), Path(work, "out.jsonl")
         source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-c", JOB, str(source), str(target), engine, judge, str(batch_size), escalate],
+            [sys.executable, "-c", JOB, str(source), str(target), engine, judge, str(batch_size), escalate]
+            + [str(candidates)],
             capture_output=True,
             text=True,
         )
@@ -181,6 +186,7 @@ def main() -> None:
     parser.add_argument("--judge", default="embedded")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--escalate", default="", help="a second engine for what the first leaves flagged")
+    parser.add_argument("--candidates", type=int, default=1, help="rewrites per flagged unit (best one kept)")
     parser.add_argument("--params", type=float, default=268e6, help="the rewriter's parameter count")
     parser.add_argument("--equal", type=int, default=16, help="prompts checked batched vs one at a time")
     parser.add_argument("--latency", type=int, default=0, help="short texts timed one at a time, warm")
@@ -191,7 +197,9 @@ def main() -> None:
     makers = {"short": lambda: short_texts(args.texts), "long": lambda: long_texts(args.answers)}
     results = {}
     for name in args.workloads.split(","):
-        results[name] = run_job(makers[name](), args.engine, args.judge, args.batch_size, args.escalate)
+        results[name] = run_job(
+            makers[name](), args.engine, args.judge, args.batch_size, args.escalate, args.candidates
+        )
         report(name, results[name], gflops, args.params)
     if args.latency:
         waits = sorted(latency(short_texts(args.texts), args.engine, args.judge, args.escalate, args.latency))

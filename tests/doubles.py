@@ -18,8 +18,11 @@ class ScriptedEngine:
         self.calls = []
 
     def generate(self, prompts, *, max_new_tokens=128, temperature=0.0, n=1):
+        """The first output is the greedy one; a sampling call (temperature > 0) gets the ones after
+        it, as the Debiaser asks for samples beside the greedy rewrite."""
         self.calls.append(prompts)
-        return [self.outputs[:n] for _ in prompts]
+        start = 1 if temperature > 0 and len(self.outputs) > n else 0
+        return [self.outputs[start : start + n] for _ in prompts]
 
 
 class FixedJudge:

@@ -19,7 +19,7 @@ from mbias.annotate.stats import cohen_kappa, review_stats
 from mbias.annotate.store import Conflict, NewCandidate, NewItem, Store
 from mbias.cli import app
 from mbias.errors import MbiasError
-from mbias.intervene import Debiaser, DebiasSettings
+from mbias.intervene import Debiaser, DebiasSettings, fit_to_sentence
 from mbias.judges import head_margin
 from mbias.records import read_records
 
@@ -111,15 +111,22 @@ def test_annotate_cli_with_tiny_model_adds_only_new_texts(tiny_model_dir, tmp_pa
     }
 
 
-def test_several_candidates_need_a_temperature(tiny_model_dir, tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "x"}])
+def test_at_temperature_zero_the_candidates_are_the_greedy_rewrite_then_samples(tiny_model_dir, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"text": "Old people are slow."}])
     result = runner.invoke(
         app,
         ["annotate", str(source), "--engine", f"hf:{tiny_model_dir}", "--db", str(tmp_path / "a.db")]
         + ["--candidates", "3", "--temperature", "0", "--judge", "none"],
     )
-    assert isinstance(result.exception, MbiasError) and "--temperature" in str(result.exception)
-    assert not (tmp_path / "a.db").exists()
+    assert result.exit_code == 0, result.output
+    settings = DebiasSettings(screen=False, max_new_tokens=160)
+    [greedy] = Debiaser(f"hf:{tiny_model_dir}", judge="none", settings=settings).debias(
+        ["Old people are slow."]
+    )
+    texts = [c["text"] for c in Store(tmp_path / "a.db").item(1)["candidates"]]
+    # the record's rewrite is the candidate fitted to its sentence (capital, final stop)
+    assert greedy["rewrite"].strip() and fit_to_sentence(greedy["text"], texts[0]) == greedy["rewrite"]
+    assert len(texts) > 1
 
 
 def test_candidates_are_deduplicated_scored_and_the_pick_marked(tmp_path):

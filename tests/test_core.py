@@ -370,8 +370,55 @@ def test_debiaser_screens_and_chooses_safest_candidate():
     clean, toxic = debiaser.debias(["The printer is broken.", "you idiot fix the printer"])
     assert clean["action"] == "kept" and clean["rewrite"] == clean["text"]
     assert toxic["action"] == "rewritten" and toxic["rewrite"] == "please fix the printer"
-    assert len(engine.calls) == 1 and len(engine.calls[0]) == 1  # the clean text skipped generation
+    # the clean text skipped generation; the toxic one got its greedy rewrite, then two samples
+    assert [len(call) for call in engine.calls] == [1, 1]
+    assert toxic["candidates"] == ["you idiot fix the printer", "please fix the printer", "cats"]
     assert toxic["input_toxicity"] == 1.0 and toxic["toxicity"] == 0.0
+
+
+class ReaderJudge(FixedJudge):
+    """FixedJudge with reader heads that like a polite "kindly" and dislike everything else."""
+
+    def __init__(self):
+        super().__init__()
+        self.assessed = []
+
+    def assess(self, sources, candidates):
+        self.assessed.append(list(candidates))
+        return [0.9 if "kindly" in c else 0.2 for c in candidates]
+
+
+def test_the_reader_heads_choose_among_candidates_and_the_judge_sets_the_action():
+    """With reader heads, the candidate readers would most likely accept wins over the one the judge
+    passes and finds most similar; the judge's verdict still decides the action. Without them (or
+    with one candidate) the order is the judge's, then similarity."""
+    outputs = ["fix the printer now idiot", "fix the printer now please", "kindly fix the printer now"]
+    text = "you idiot fix the printer now"
+    judge = ReaderJudge()
+    [record] = Debiaser(
+        ScriptedEngine(outputs), judge=judge, prompt_style="mbias", settings=DebiasSettings(candidates=3)
+    ).debias([text])
+    assert record["rewrite"] == outputs[2] and record["action"] == "rewritten"
+    assert judge.assessed == [outputs]
+    [plain] = Debiaser(
+        ScriptedEngine(outputs),
+        judge=FixedJudge(),
+        prompt_style="mbias",
+        settings=DebiasSettings(candidates=3),
+    ).debias([text])
+    assert plain["rewrite"] == "fix the printer now please"  # safe, then the most similar
+    single = ReaderJudge()
+    [one] = Debiaser(ScriptedEngine(outputs), judge=single, prompt_style="mbias").debias([text])
+    assert one["rewrite"] == outputs[0] and one["action"] == "flagged" and single.assessed == []
+    # the readers' pick stands when the judge flags it; one that lost the message never wins
+    disliked = ["kindly, idiot, fix the printer now", "fix the printer now please", "kindly go"]
+    [flagged] = Debiaser(
+        ScriptedEngine(disliked),
+        judge=ReaderJudge(),
+        prompt_style="mbias",
+        settings=DebiasSettings(candidates=3),
+    ).debias([text])
+    assert flagged["rewrite"] == disliked[0] and flagged["action"] == "flagged"
 
 
 class GradedJudge(FixedJudge):
@@ -561,7 +608,7 @@ def test_debiaser_retries_only_failed_texts_with_sampling():
     settings = DebiasSettings(retries=3, screen=False)
     debiaser = Debiaser(engine, judge=FixedJudge(), prompt_style="mbias", settings=settings)
     fixed, passed = debiaser.debias(["you idiot fix the printer", "fix the printer now"])
-    assert engine.temperatures == [0.0, 0.8]
+    assert engine.temperatures == [0.0, DebiasSettings().sample_temperature]
     assert engine.calls[1] == [engine.calls[0][0]]  # only the text whose greedy rewrite failed
     assert fixed["action"] == "rewritten" and fixed["rewrite"] == "please fix the printer"
     assert fixed["retried"] is True and "reason" not in fixed
@@ -639,7 +686,7 @@ def test_retries_run_before_escalation_and_every_candidate_reaches_the_choice(mo
     settings = DebiasSettings(retries=2, escalate="hf:larger-model", candidates=1)
     debiaser = Debiaser(first, judge=FixedJudge(), prompt_style="mbias", settings=settings)
     [record] = debiaser.debias(["you idiot fix the printer"])
-    assert first.temperatures == [0.0, 0.8] and len(second.calls) == 1
+    assert first.temperatures == [0.0, DebiasSettings().sample_temperature] and len(second.calls) == 1
     kept = (record["rewrite"], record["retried"], record["escalated"])
     assert kept == ("please fix the printer", True, True)
     greedy, *samples = ["you idiot fix the printer", "idiot printer", "fix it idiot"]
@@ -704,7 +751,8 @@ def test_a_second_answer_no_better_leaves_the_first_choice_as_it_was(monkeypatch
         )
         [record] = debiaser.debias(["you scum fix the printer"])
         outputs.append((record["rewrite"], record["action"], "escalated" in record))
-    assert outputs == [("you lazy fix the printer", "rewritten", False)] * 2 and len(second.calls) == 1
+    # one escalation: the second engine's greedy rewrite and one sample
+    assert outputs == [("you lazy fix the printer", "rewritten", False)] * 2 and len(second.calls) == 2
 
 
 def test_an_escalation_engine_that_cannot_load_stops_the_job_once(monkeypatch):

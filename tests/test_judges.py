@@ -24,7 +24,6 @@ from mbias.judges.train_data import (
     bias_pairs,
     clean,
     identity_mentions,
-    reader_labels,
 )
 from mbias.judges.train_heads import _fold_scaler, balanced_weights
 from mbias.splits import is_heldout
@@ -308,21 +307,79 @@ def test_identity_mentions_skip_held_out_dispreferred_and_nonce_descriptors(tmp_
     assert len({e.text for e in examples}) == len(examples)  # distinct templates per descriptor
 
 
-def test_reader_labels_take_labelled_rewrites_of_training_sheets_only(tmp_path):
-    rows = [
-        {"text": "a", "candidate": "old people are slow", "unsafe": 1},
-        {"text": "b", "candidate": "the shop opens at nine", "unsafe": 0},
-        {"text": "c", "candidate": "not read yet", "unsafe": None},
-        {"text": "d", "candidate": "   ", "unsafe": 0},
+class WordEncoder:
+    """Stands in for the sentence encoder on any text: "idiot" points one way, "printer" another,
+    "cats" a third; a unit-length mix of the words a text holds."""
+
+    AXES = {"idiot": 0, "printer": 1, "cats": 2}
+
+    def __call__(self, texts: list[str], adapter=None) -> np.ndarray:
+        rows = np.full((len(texts), DIM), 0.1, dtype=np.float32)
+        for row, text in zip(rows, texts):
+            for word, axis in self.AXES.items():
+                row[axis] += text.count(word)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True) if texts else rows
+
+
+def _training_sheet(tmp_path: Path) -> list[dict]:
+    """Readers' labels of 120 rewrites: "idiot" is what readers call unsafe, a rewrite about cats
+    instead of the printer lost the meaning; one held-out input (never trains) and one held-out
+    sheet at the top (never read)."""
+    rows = []
+    kept = [i for i in range(200) if not is_heldout(f"you idiot fix the printer {i}")][:40]
+    for i in kept:
+        text = f"you idiot fix the printer {i}"
+        for candidate, unsafe, kept in (
+            (f"you idiot fix the printer {i}", 1, 1),
+            (f"please fix the printer {i}", 0, 1),
+            (f"cats are nice {i}", 0, 0),
+        ):
+            rows.append({"text": text, "candidate": candidate, "unsafe": unsafe, "meaning_kept": kept})
+    held = next(f"idiot printer {i}" for i in range(1000) if is_heldout(f"idiot printer {i}"))
+    extra = [
+        {"text": held, "candidate": "held out", "unsafe": 0, "meaning_kept": 1},
+        {"text": "a", "candidate": "no meaning label", "unsafe": 1, "meaning_kept": None},
+        {"text": "b", "candidate": "   ", "unsafe": 1, "meaning_kept": 0},
     ]
-    (tmp_path / "training-v1").mkdir()
-    (tmp_path / "training-v1" / "sheet-1.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (tmp_path / "toxigen-hate.jsonl").write_text(json.dumps(rows[0]))  # a held-out sheet: never read
-    examples = list(reader_labels(tmp_path))
-    assert [(e.text, e.label, e.source) for e in examples] == [
-        ("old people are slow", 1, "readers"),
-        ("the shop opens at nine", 0, "readers"),
-    ]
+    (tmp_path / "training-r1").mkdir()
+    lines = "\n".join(json.dumps(r) for r in rows + extra)
+    (tmp_path / "training-r1" / "sheet-1.jsonl").write_text(lines)
+    (tmp_path / "toxigen-hate.jsonl").write_text(json.dumps(rows[0] | {"candidate": "top sheet"}))
+    return rows
+
+
+def test_reader_heads_learn_the_readers_labels_of_training_rewrites_and_order_candidates(
+    tmp_path, monkeypatch
+):
+    from mbias.judges.readers import fit_reader_heads, pair_features, reader_rows
+
+    monkeypatch.setattr(embedded_module, "encode", WordEncoder())
+    labelled = _training_sheet(tmp_path)
+    rows = reader_rows(tmp_path)
+    assert [(t, c, u, k) for t, c, u, k in rows] == [
+        (r["text"], r["candidate"], r["unsafe"], r["meaning_kept"]) for r in labelled
+    ]  # only both-ways labels of training inputs, from training sheets
+    judge = EmbeddedJudge(heads=hand_heads())
+    assert judge.assess(["x"], ["y"]) is None  # no reader heads: the Debiaser orders by similarity
+    features = pair_features(judge, [r[0] for r in rows], [r[1] for r in rows])
+    heads, report = fit_reader_heads(features, rows)
+    assert report["unsafe"]["cv_roc_auc"] > 0.9 and report["kept"]["cv_roc_auc"] > 0.9
+    judge.heads.readers = heads
+    judge.heads.save(tmp_path / "judge")
+    loaded = EmbeddedJudge(tmp_path / "judge" / "heads.json")
+    source = "you idiot fix the printer 99"
+    odds = loaded.assess([source] * 3, [source, "please fix the printer 99", "cats are nice 99"])
+    assert odds == pytest.approx(
+        judge.assess([source] * 3, [source, "please fix the printer 99", "cats are nice 99"])
+    )
+    assert odds[1] > 0.5 > max(odds[0], odds[2])  # safe and faithful beats a copy and a new topic
+    assert loaded.assess([], []) == []
+
+
+def test_train_judges_refits_reader_heads_only_with_reads(tmp_path):
+    result = _mbias("train-judges", "--heads", "readers", "--output", str(tmp_path))
+    assert result.returncode == 2 and "--heads readers needs --reads" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_binary_metrics_at_a_threshold():

@@ -317,6 +317,29 @@ def test_sampled_candidates_are_n_per_prompt_and_seeded(fewshot_prompts):
 
 @needs_llama
 @pytest.mark.integration
+def test_samples_of_one_prompt_evaluate_it_once_and_answer_as_if_each_had(fewshot_prompts):
+    """n rows of one prompt: the first evaluates it, each sibling copies its cells and evaluates
+    only the last token. At a temperature near 0 every sample is the greedy answer, so the copied
+    cells are the ones evaluating the prompt gives."""
+    from mbias import profile
+    from mbias.engines.llamacpp import LlamaCppEngine
+
+    evaluated = {}
+    for n in (1, 3):
+        profile.reset()
+        out = LlamaCppEngine("gguf:gemma-3-270m").generate(
+            fewshot_prompts[:2], max_new_tokens=12, temperature=1e-6, n=n
+        )
+        evaluated[n] = profile.tallies()["prompt tokens evaluated"]
+        if n == 1:
+            greedy = LlamaCppEngine("gguf:gemma-3-270m").generate(fewshot_prompts[:2], max_new_tokens=12)
+            assert out == greedy
+    assert [set(c) for c in out] == [set(g) for g in greedy] and [len(c) for c in out] == [3, 3]
+    assert evaluated[3] == evaluated[1] + 2 * 2  # two siblings per prompt, one token each
+
+
+@needs_llama
+@pytest.mark.integration
 def test_greedy_output_matches_transformers(engine, transformers_engine):
     """Same weights (the transformers engine dequantises the same Q4_K_M file), same greedy text.
 

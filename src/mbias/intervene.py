@@ -51,6 +51,8 @@ class DebiasSettings:
     # own length alone, so no sentence of an answer is ever cut short.
     max_new_tokens: int = 160
     max_input_tokens: int = 2048  # the paper's max sequence length
+    # Candidates per rewrite: at temperature 0 the greedy rewrite and ``candidates - 1`` samples at
+    # ``sample_temperature``; the judge keeps the best (see Debiaser._choose).
     candidates: int = 1
     temperature: float = 0.0
     screen: bool = True  # skip generation for units the judge finds clean
@@ -70,7 +72,8 @@ class DebiasSettings:
     # Off by default: with the shipped adapter a blind read found no gain (the judge picks
     # candidates it likes, not safer ones) while a mixed batch job ran 2.4x slower (docs/lab/results-log.md).
     retries: int = 0
-    retry_temperature: float = 0.8
+    # The temperature of the candidates sampled beside the greedy one and of retries.
+    sample_temperature: float = 0.7
     # An engine (short name or spec, e.g. "mbias-1.5b") that rewrites again only the units the
     # engine failed on (flagged: judged unsafe, meaning lost, no usable rewrite) or rewrote into
     # text the screen would still catch (under the threshold, over the margin); the judge then
@@ -98,7 +101,7 @@ class DebiasSettings:
                 raise MbiasError(f"{name} must be a whole number of at least 1, not {getattr(self, name)!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise MbiasError(f"retries must be a whole number of at least 0, not {self.retries!r}")
-        for name in ("temperature", "retry_temperature"):
+        for name in ("temperature", "sample_temperature"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise MbiasError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if not 0.0 <= self.min_similarity <= 1.0:
@@ -465,10 +468,7 @@ class Debiaser:
         tokenizer = getattr(self.engine, "tokenizer", None)
         prompts = [render(u.text, self.prompt_style, tokenizer, context=u.context) for u in todo]
         budget = self._budget(todo)
-        with stage("generate"):
-            raw = self.engine.generate(
-                prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates
-            )
+        raw = self._generate(self.engine, prompts, budget)
         tried = [[clean_output(o, u.text) for o in outputs] for u, outputs in zip(todo, raw)]
         self._choose(todo, tried)
         failed = [i for i, u in enumerate(todo) if u.reason in RETRIED_REASONS]
@@ -477,7 +477,7 @@ class Debiaser:
                 raw = self.engine.generate(
                     [prompts[i] for i in failed],
                     max_new_tokens=budget,
-                    temperature=s.retry_temperature,
+                    temperature=s.sample_temperature,
                     n=s.retries,
                 )
             for i in failed:
@@ -486,6 +486,21 @@ class Debiaser:
             self._choose([todo[i] for i in failed], again)
         if s.escalate:
             self._escalate([u for u in todo if u.reason in RETRIED_REASONS or self._doubtful(u)], budget)
+
+    def _generate(self, engine: Engine, prompts: list[str], budget: int) -> list[list[str]]:
+        """``candidates`` outputs per prompt: at temperature 0 the greedy one first, then samples at
+        ``sample_temperature``, so asking for more candidates never loses the greedy rewrite."""
+        s = self.settings
+        with stage("generate"):
+            if s.temperature > 0 or s.candidates == 1:
+                return engine.generate(
+                    prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates
+                )
+            greedy = engine.generate(prompts, max_new_tokens=budget, temperature=0.0, n=1)
+            sampled = engine.generate(
+                prompts, max_new_tokens=budget, temperature=s.sample_temperature, n=s.candidates - 1
+            )
+        return [first + more for first, more in zip(greedy, sampled)]
 
     def _doubtful(self, unit: Unit) -> bool:
         """Whether a flagged unit's accepted rewrite is one the screen would still send to the
@@ -509,9 +524,7 @@ class Debiaser:
         engine, style, context = self.escalation_engine()
         tokenizer = getattr(engine, "tokenizer", None)
         prompts = [render(u.text, style, tokenizer, context=u.context if context else None) for u in units]
-        s = self.settings
-        with stage("generate"):
-            raw = engine.generate(prompts, max_new_tokens=budget, temperature=s.temperature, n=s.candidates)
+        raw = self._generate(engine, prompts, budget)
         first = [list(u.candidates) for u in units]
         chosen = [(u.rewrite, u.after, u.similarity, u.action, u.reason) for u in units]
         second = [[clean_output(o, u.text) for o in outs] for u, outs in zip(units, raw)]
@@ -545,9 +558,14 @@ class Debiaser:
         return self._escalation
 
     def _choose(self, units: list[Unit], candidates: list[list[str]], clear_first: bool = False) -> None:
-        """Verify every unit's candidates in one judge call and keep each unit's best: safe first,
+        """Verify every unit's candidates in one judge call and keep each unit's best: when the
+        judge has reader heads and a unit has several candidates, one that keeps the message
+        (``min_similarity``) first, then the one a blind reader is likeliest to find safe and
+        faithful (``Judge.assess``). Otherwise, and between two engines' candidates: safe first,
         then meaning kept, then (``clear_first``) one the screen would let through, then the most
-        similar."""
+        similar. The judge's verdict still sets the unit's action. On rewrites the judge agrees
+        with readers at kappa 0.0-0.3; choosing among candidates it passes, then by similarity,
+        picked one readers found unsafe more often than a random pick (docs/lab/results-log.md)."""
         usable = [[c for c in dict.fromkeys(cs) if c.strip() and not is_refusal(c)] for cs in candidates]
         if self.judge is not None:  # verifying: a decoding loop is not a rewrite either
             usable = [[c for c in ok if not repeats_itself(c, u.text)] for u, ok in zip(units, usable)]
@@ -569,20 +587,32 @@ class Debiaser:
         with stage("verify"):
             scores = self.judge.score([c for _, c in pairs])
             similarity = self.judge.similarity([u.text for u, _ in pairs], [c for _, c in pairs])
-        ranked: dict[int, list[tuple[str, dict[str, float], float]]] = {}
-        for (unit, candidate), score, sim in zip(pairs, scores, similarity):
-            ranked.setdefault(id(unit), []).append((candidate, score, sim))
+            assess = getattr(self.judge, "assess", None)
+            # with one candidate each there is no order to find; escalation's choice between two
+            # engines keeps the order its blind read measured
+            several = any(len(ok) > 1 for ok in usable) and not clear_first
+            readers = (
+                assess([u.text for u, _ in pairs], [c for _, c in pairs]) if assess and several else None
+            )
+        order = readers or similarity
+        ranked: dict[int, list[tuple[str, dict[str, float], float, float]]] = {}
+        for (unit, candidate), score, sim, rank in zip(pairs, scores, similarity, order):
+            ranked.setdefault(id(unit), []).append((candidate, score, sim, rank))
         for unit in units:
             if id(unit) not in ranked:
                 continue
             bar = self._bar(unit)
-            best, best_scores, best_similarity = min(
+            best, best_scores, best_similarity, _ = min(
                 ranked[id(unit)],
                 key=lambda c: (
-                    self.judge.is_unsafe(c[1], margin=bar),
-                    c[2] < self.settings.min_similarity,
-                    clear_first and self._caught(c[1]),
-                    -c[2],
+                    (c[2] < self.settings.min_similarity, -c[3])
+                    if readers
+                    else (
+                        self.judge.is_unsafe(c[1], margin=bar),
+                        c[2] < self.settings.min_similarity,
+                        clear_first and self._caught(c[1]),
+                        -c[2],
+                    )
                 ),
             )
             if bar < 1.0 and self.judge.is_unsafe(best_scores, margin=bar):

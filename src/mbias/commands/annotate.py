@@ -35,7 +35,9 @@ def annotate(
     temperature: Annotated[
         float | None,
         typer.Option(
-            min=0.0, help=f"Sampling temperature (default {DEFAULT_TEMPERATURE} when --candidates > 1)."
+            min=0.0,
+            help=f"Sampling temperature (default {DEFAULT_TEMPERATURE} when --candidates > 1; "
+            "0: the greedy rewrite and N - 1 samples).",
         ),
     ] = None,
     column: Annotated[
@@ -71,10 +73,6 @@ def annotate(
         raise MbiasError("give at least one input file (--input FILE)")
     if temperature is None:
         temperature = DEFAULT_TEMPERATURE if candidates > 1 else 0.0
-    if candidates > 1 and temperature <= 0 and not import_pairs:
-        raise MbiasError(
-            "--candidates above 1 needs --temperature above 0 (greedy decoding repeats one candidate)"
-        )
     judge_spec = config.default_judge(judge)
     inputs = [
         (source, read_records(source, column or ("biased_text" if import_pairs else None)))

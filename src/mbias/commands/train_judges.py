@@ -41,14 +41,16 @@ def train_judges(
     reads: Annotated[
         Path | None,
         typer.Option(
-            help="Folder of blind reads (training-v*/sheet-*.jsonl, e.g. docs/lab/human-read): readers' "
-            "labels of model rewrites join the bias head. Off by default: the shipped judge was better "
-            "without them on held-out screening."
+            help="Folder of blind reads (training-*/sheet-*.jsonl, e.g. docs/lab/human-read): fit the "
+            "reader heads, which order a rewrite's candidates by what readers said of rewrites."
         ),
     ] = None,
     output: Annotated[Path, typer.Option(help="Where heads.json and heads.npz go.")] = config.JUDGE_ASSETS,
     heads: Annotated[
-        str, typer.Option(help="'all', or 'category' to retrain only the harm-category head in OUTPUT.")
+        str,
+        typer.Option(
+            help="'all'; 'category', or 'readers' with --reads, to refit only that part of OUTPUT's judge."
+        ),
     ] = "all",
     encoder: Annotated[
         str,
@@ -66,8 +68,10 @@ def train_judges(
     from mbias.judges.heads import HeadSet
     from mbias.judges.train_data import head_pools
 
-    if heads not in ("all", "category"):
-        raise MbiasError(f"--heads must be 'all' or 'category', not {heads!r}")
+    if heads not in ("all", "category", "readers"):
+        raise MbiasError(f"--heads must be 'all', 'category' or 'readers', not {heads!r}")
+    if heads == "readers" and reads is None:
+        raise MbiasError("--heads readers needs --reads: the folder of blind reads to learn from")
     if encoder not in ("tune", "frozen"):
         raise MbiasError(f"--encoder must be 'tune' or 'frozen', not {encoder!r}")
     output = output.resolve()
@@ -77,7 +81,14 @@ def train_judges(
     judge_dir = judge_data if judge_data.is_dir() else None
     if reads is not None and not reads.is_dir():
         raise MbiasError(f"--reads {reads}: not a folder")
-    pools, dropped = head_pools(data, pairs, judge_dir, reads)
+    if heads == "readers":
+        shipped = HeadSet.load(output / "heads.json")
+        with _staged(output, keep_trained=True) as staging:
+            _train_readers(shipped, reads)
+            shipped.save(staging)
+        console.print(f"wrote {output / 'heads.json'}")
+        return
+    pools, dropped = head_pools(data, pairs, judge_dir)
     if heads == "category":
         shipped = HeadSet.load(output / "heads.json")
         cache = EmbeddingCache(adapter=shipped.adapter)
@@ -184,8 +195,7 @@ def _train_all(
                 "ToxiGen hate (1) vs neutral (0)",
                 "bias": "ToxiGen hate (1) vs neutral (0); BABE SG2 Biased (1) vs Non-biased (0); "
                 "data/bias pairs: rewritten biased_text (1), debiased_text and kept texts (0); "
-                "data/judge advice: discriminatory advice (1) vs fair counterpart (0)"
-                + ("; readers' blind labels of model rewrites (unsafe 1, fair 0)" if reads else ""),
+                "data/judge advice: discriminatory advice (1) vs fair counterpart (0)",
                 "both": "data/judge negatives (0): identity mentions, counter-speech, facts about "
                 "discrimination, fair advice, plain LLM-answer prose; HolisticBias descriptors "
                 "(training side) in neutral templates other than the benchmark's",
@@ -195,6 +205,8 @@ def _train_all(
         "thresholds": thresholds,
     }
     _train_category(headset, cache, pairs, data, judge_dir, pools["bias"], categories)
+    if reads is not None:
+        _train_readers(headset, reads)
     headset.save(output)
     for name in trained:
         valid = report[name]["validation_at_threshold"]
@@ -259,6 +271,29 @@ def _train_category(
     console.print(
         f"category: held-out accuracy {report['accuracy']} on {report['n']} texts; a suspect goes to the "
         f"rewriter from top probability {headset.category.threshold} (dev)"
+    )
+
+
+def _train_readers(headset: Any, reads: Path) -> None:
+    """Fit the reader heads on the readers' labels of training rewrites under ``reads``, with the
+    judge's own vectors and scores as features, and attach them."""
+    from mbias.judges.embedded import EmbeddedJudge
+    from mbias.judges.readers import SHEETS, fit_reader_heads, pair_features, reader_rows
+
+    rows = reader_rows(reads)
+    if len(rows) < 50:
+        raise MbiasError(
+            f"--reads {reads}: {len(rows)} labelled rewrites in {SHEETS}; the reader heads need 50 or more"
+        )
+    headset.readers = {}  # the features read the text heads only
+    judge = EmbeddedJudge(heads=headset)
+    with console.status(f"reader heads: {len(rows)} labelled rewrites"):
+        features = pair_features(judge, [r[0] for r in rows], [r[1] for r in rows])
+        headset.readers, report = fit_reader_heads(features, rows)
+    headset.metadata.setdefault("validation", {})["readers"] = report
+    console.print(
+        f"reader heads: {len(rows)} rewrites; cross-validated ROC-AUC unsafe "
+        f"{report['unsafe']['cv_roc_auc']}, meaning kept {report['kept']['cv_roc_auc']}"
     )
 
 

@@ -340,8 +340,11 @@ class LlamaCppEngine:
         """Continuous batching: up to ``max_rows`` rows decode together, and the moment one stops,
         the next waiting row takes its sequence slot in the same decode step, so the batch stays
         full instead of draining to its longest row. Sequence 0 holds the prefix every row shares
-        (evaluated once, kept for the next call); a row starts from a copy of those cells. A row
-        reserves the cells its prompt and answer may need, so the cache never overflows."""
+        (evaluated once, kept for the next call); a row starts from a copy of those cells. Rows of
+        one prompt (``n`` samples) evaluate it once: a sibling starts from a copy of the cells of
+        one already running and evaluates only its last token (best of five on mbias-1.5b spent
+        78 % of its time evaluating each prompt five times). A row reserves the cells its prompt
+        and answer may need, so the cache never overflows."""
         shared = min(len(r) for r in rows) - 1  # every row keeps >= 1 own token to get logits from
         for row in rows[1:]:
             shared = min(shared, common_prefix(rows[0], row))
@@ -356,6 +359,10 @@ class LlamaCppEngine:
         reserved = {i: len(r) - shared + max_new_tokens for i, r in enumerate(rows)}
         room = self.n_ctx - shared
         positions = [len(r) for r in rows]
+        first_of: dict[tuple[int, ...], int] = {}
+        group = [first_of.setdefault(tuple(r), i) for i, r in enumerate(rows)]  # rows of one prompt
+        holders: dict[int, set[int]] = {}  # group -> running slots whose prompt cells are decoded
+        starting_groups: set[int] = set()  # groups whose first row is in this step's feed
         picked = [0] * len(rows)
         generated: list[bytes] = [b""] * len(rows)
         texts = [""] * len(rows)
@@ -363,21 +370,43 @@ class LlamaCppEngine:
 
         def finish(slot: int) -> None:
             nonlocal room
-            room += reserved[row_of.pop(slot)]
+            row = row_of.pop(slot)
+            room += reserved[row]
+            holders.get(group[row], set()).discard(slot)
             llama.llama_memory_seq_rm(memory, slot, -1, -1)
             free.append(slot)
 
+        def donor(row: int) -> int | None:
+            """A running sibling whose prompt cells can be copied: all of them still there (a
+            sliding-window layer may have dropped early ones once a row ran long)."""
+            for slot in holders.get(group[row], ()):
+                if llama.llama_memory_seq_pos_min(memory, slot) == 0:
+                    return slot
+            return None
+
         while True:
             starting = 0
+            starting_groups.clear()
             while waiting and free and reserved[waiting[0]] <= room:
-                row = waiting.popleft()
+                row = waiting[0]
+                if group[row] in starting_groups:
+                    break  # its sibling's prompt cells exist after this step: start it next step
+                waiting.popleft()
                 slot = free.pop()
                 row_of[slot], room = row, room - reserved[row]
                 llama.llama_memory_seq_rm(memory, slot, -1, -1)  # nothing left from a failed call
-                llama.llama_memory_seq_cp(memory, 0, slot, -1, -1)
-                own = rows[row][shared:]
-                feed += [(token, shared + i, slot, i == len(own) - 1) for i, token in enumerate(own)]
+                source = donor(row)
+                if source is None:
+                    llama.llama_memory_seq_cp(memory, 0, slot, -1, -1)
+                    begin = shared
+                    starting_groups.add(group[row])
+                else:
+                    begin = len(rows[row]) - 1
+                    llama.llama_memory_seq_cp(memory, source, slot, -1, begin)
+                own = rows[row][begin:]
+                feed += [(token, begin + i, slot, i == len(own) - 1) for i, token in enumerate(own)]
                 starting += len(own)
+                holders.setdefault(group[row], set()).add(slot)
             if not feed:
                 break
             tally("prompt tokens evaluated", starting)

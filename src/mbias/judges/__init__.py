@@ -34,6 +34,12 @@ class Judge(Protocol):
         only when it does; True where the judge cannot tell."""
         ...
 
+    def assess(self, sources: list[str], candidates: list[str]) -> list[float] | None:
+        """Per (source, candidate) pair: the chance a blind reader finds the candidate both safe
+        and faithful to its source, the Debiaser's order among candidates the judge treats alike;
+        None where the judge has no such model (candidates are then ordered by similarity)."""
+        ...
+
     def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
         """True when any score is at or above its head's margin (``head_margin``) times the
         judge's calibrated threshold (a margin below 1 makes a screen that lets fewer unsafe texts

@@ -94,5 +94,9 @@ class CascadeJudge:
         check = getattr(self.first, "resembles_harm", None)  # a first judge of its own may have none
         return check(texts) if check else [True] * len(texts)
 
+    def assess(self, sources: list[str], candidates: list[str]) -> list[float] | None:
+        assess = getattr(self.first, "assess", None)
+        return assess(sources, candidates) if assess else None
+
     def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:
         return self.first.is_unsafe(scores, margin)

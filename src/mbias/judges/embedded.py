@@ -96,6 +96,17 @@ class EmbeddedJudge:
         top = self.heads.category.top_probability(self.embed(list(texts)))
         return [bool(p >= self.heads.category.threshold) for p in top]
 
+    def assess(self, sources: list[str], candidates: list[str]) -> list[float] | None:
+        """Per (source, candidate): the chance a blind reader finds the candidate both safe and
+        faithful to its source (mbias.judges.readers); None for heads trained without readers."""
+        if not self.heads.readers:
+            return None
+        from mbias.judges.readers import acceptability, pair_features
+
+        if not sources:
+            return []
+        return [float(p) for p in acceptability(self.heads.readers, pair_features(self, sources, candidates))]
+
     def labels(self, scores: dict[str, float]) -> dict[str, int]:
         """0/1 per head at its calibrated threshold."""
         return {name: int(scores[name] >= threshold) for name, threshold in self.thresholds.items()}

@@ -73,13 +73,19 @@ class HeadSet:
     category: Head | None = None  # which harm a flagged text does (mbias.judges.categories)
     # the LoRA adapter directory the heads' vectors came through (beside heads.json), None = frozen
     adapter: Path | None = None
+    # what a blind reader says of a rewrite, read from (source, candidate) pairs (mbias.judges.readers)
+    readers: dict[str, Head] = field(default_factory=dict)
 
     def save(self, directory: Path) -> Path:
         """Write ``heads.json`` (thresholds, metadata, metrics) and ``heads.npz`` (weights)."""
         directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
         described = {}
-        named = {**self.heads, **({"category": self.category} if self.category else {})}
+        named = {
+            **self.heads,
+            **({"category": self.category} if self.category else {}),
+            **{f"readers.{n}": head for n, head in self.readers.items()},
+        }
         for name, head in named.items():
             for index, (weight, bias) in enumerate(head.layers):
                 arrays[f"{name}.W{index}"] = weight.astype(np.float32)
@@ -91,12 +97,14 @@ class HeadSet:
             described["category"]["gates_suspects"] = True
         np.savez_compressed(directory / WEIGHTS_FILE, **arrays)
         category = {"category": described.pop("category")} if self.category else {}
+        readers = {n: described.pop(f"readers.{n}") for n in self.readers}
         document = {
             "encoder": self.encoder,
             **({"encoder_adapter": self.adapter.name} if self.adapter else {}),
             "weights": WEIGHTS_FILE,
             "heads": described,
             **category,
+            **({"readers": readers} if readers else {}),
             **self.metadata,
         }
         path = directory / "heads.json"
@@ -113,6 +121,7 @@ class HeadSet:
             named = {
                 **document["heads"],
                 **({"category": document["category"]} if "category" in document else {}),
+                **{f"readers.{n}": spec for n, spec in document.get("readers", {}).items()},
             }
             heads = {}
             for name, spec in named.items():
@@ -129,12 +138,18 @@ class HeadSet:
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise MbiasError(f"{path}: unreadable judge heads ({exc}); re-run 'mbias train-judges'") from None
-        own = ("encoder", "encoder_adapter", "weights", "heads", "category")
+        own = ("encoder", "encoder_adapter", "weights", "heads", "category", "readers")
         metadata = {k: v for k, v in document.items() if k not in own}
         category = heads.pop("category", None)
+        readers = {n: heads.pop(f"readers.{n}") for n in document.get("readers", {})}
         adapter = path.parent / document["encoder_adapter"] if document.get("encoder_adapter") else None
         if adapter is not None and not adapter.is_dir():
             raise MbiasError(f"{path}: its encoder adapter {adapter} is missing; re-run 'mbias train-judges'")
         return cls(
-            heads=heads, encoder=document["encoder"], metadata=metadata, category=category, adapter=adapter
+            heads=heads,
+            encoder=document["encoder"],
+            metadata=metadata,
+            category=category,
+            adapter=adapter,
+            readers=readers,
         )

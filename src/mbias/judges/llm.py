@@ -280,6 +280,10 @@ class LLMJudge:
         """The embedded category head's confidence, as for ``categorise``."""
         return self._category_judge().resembles_harm(texts)
 
+    def assess(self, sources: list[str], candidates: list[str]) -> list[float] | None:
+        """None: the reader heads read the embedded judge's scores, not this judge's."""
+        return None
+
     def _category_judge(self) -> Any:
         if self._categoriser is None:  # loaded once, on first use
             from mbias.judges.embedded import EmbeddedJudge

@@ -174,17 +174,6 @@ def identity_mentions(data: Path) -> Iterator[Example]:
                 yield Example(template.format(**identity_phrases(term)), 0, "identity")
 
 
-def reader_labels(directory: Path) -> Iterator[Example]:
-    """Model rewrites of training texts that blind readers labelled (1: still biased or toxic):
-    the near-misses of a rewriter, which no public set holds. Sheets: training-v*/sheet-*.jsonl."""
-    from mbias.eval.reading import read_labels
-
-    sheets = [str(p) for p in sorted(directory.glob("training-v*/sheet-*.jsonl"))]
-    for (_, candidate), row in read_labels(sheets).items():
-        if candidate.strip():
-            yield Example(candidate, int(row["unsafe"]), "readers")
-
-
 def clean(examples: list[Example], excluded: set[str]) -> tuple[list[Example], dict[str, int]]:
     """Drop empty texts, test-set texts, duplicates, and texts that carry both labels."""
     labels_of: dict[str, set[int]] = {}
@@ -209,12 +198,12 @@ def clean(examples: list[Example], excluded: set[str]) -> tuple[list[Example], d
 
 
 def head_pools(
-    data: Path, pairs_dir: Path, judge_dir: Path | None = None, reads_dir: Path | None = None
+    data: Path, pairs_dir: Path, judge_dir: Path | None = None
 ) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]]]:
     """Examples per head, cleaned, and how many were dropped why. ``judge_dir`` (data/judge) adds
     discriminatory advice to the bias head and fair sentences to both heads; identity mentions
-    (HolisticBias) go to both heads as negatives; ``reads_dir`` adds readers' labels of rewrites
-    to the bias head (its "unsafe" covers bias and toxicity alike)."""
+    (HolisticBias) go to both heads as negatives. Readers' labels of rewrites train heads of their
+    own (mbias.judges.readers): in the bias head's pool they cost held-out screening (judge v5)."""
     shared_toxigen = list(toxigen(data))
     fair = (list(negatives(judge_dir)) if judge_dir else []) + list(identity_mentions(data))
     raw = {
@@ -223,8 +212,6 @@ def head_pools(
     }
     if judge_dir:
         raw["bias"] += list(advice(judge_dir))
-    if reads_dir:
-        raw["bias"] += list(reader_labels(reads_dir))
     folder = data / "mbias-test"
     excluded = paper_test_set(folder) if folder.is_dir() else frozenset()
     pools, dropped = {}, {}
