@@ -28,6 +28,15 @@ console = Console(stderr=True)
 Retries = Annotated[
     int, typer.Option(min=0, help="Sampled candidates when no rewrite passes the judge (0: none).")
 ]
+# debias and serve: rewrites per flagged sentence, the best kept (mbias.intervene.DebiasSettings)
+Candidates = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Rewrites per flagged sentence: the greedy one and N - 1 samples; the judge's reader "
+        "heads keep the one a reader would most likely find safe and faithful.",
+    ),
+]
 # debias and serve: how wide the screen's band of suspects is (mbias.intervene.DebiasSettings)
 ScreenMargin = Annotated[
     float,

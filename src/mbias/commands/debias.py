@@ -11,6 +11,7 @@ import typer
 
 from mbias import config
 from mbias.commands.common import (
+    Candidates,
     Escalate,
     Retries,
     ScreenMargin,
@@ -67,14 +68,7 @@ def debias(
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
     max_input_tokens: Annotated[int, typer.Option(min=1)] = 2048,
-    candidates: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Rewrites per flagged sentence: the greedy one and N - 1 samples; the judge's reader "
-            "heads keep the one a reader would most likely find safe and faithful.",
-        ),
-    ] = 1,
+    candidates: Candidates = DebiasSettings.candidates,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     retries: Retries = DebiasSettings.retries,
     escalate: Escalate = None,

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from mbias import config
-from mbias.commands.common import Escalate, Retries, ScreenMargin, require_free_port
+from mbias.commands.common import Candidates, Escalate, Retries, ScreenMargin, require_free_port
 from mbias.errors import MbiasError
 from mbias.intervene import DebiasSettings
 
@@ -34,6 +34,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(min=1, help="Most texts merged into one model call.")] = 16,
     max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for company.")] = 10.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
+    candidates: Candidates = DebiasSettings.candidates,
     retries: Retries = DebiasSettings.retries,
     escalate: Escalate = None,
     screen_margin: ScreenMargin = DebiasSettings.screen_margin,
@@ -75,6 +76,7 @@ def serve(
         settings=DebiasSettings(
             batch_size=max_batch,
             max_new_tokens=max_new_tokens,
+            candidates=candidates,
             retries=retries,
             escalate=escalate,
             screen_margin=screen_margin,
