@@ -199,7 +199,7 @@ def text_mode_reads(answers: list[Answer]) -> str:
 def warm_debiaser(engine, judge_spec: str, knobs: dict, granularity: str):
     """A Debiaser with a freshly loaded, warmed-up judge (its embedding memo empty; both its
     encoders loaded, so the mode timed first does not pay for loading the one that measures
-    meaning); ``knobs`` are the run's DebiasSettings (screen margin, escalation engine)."""
+    meaning); ``knobs`` are the run's DebiasSettings (screen margin, escalation engine, candidates)."""
     from mbias.judges import load_judge
 
     judge = load_judge(judge_spec)
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> None:
         answers = answers[: args.limit]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    knobs = {"screen_margin": args.screen_margin, "escalate": args.escalate}
+    knobs = {"screen_margin": args.screen_margin, "escalate": args.escalate, "candidates": args.candidates}
     sentence = warm_debiaser(args.engine, args.judge, knobs, "sentence")
     judge = sentence.judge
     print(
@@ -307,6 +307,7 @@ def main() -> None:
         help="share of the bias threshold that sends a sentence to the model (1.0: only flagged ones)",
     )
     go.add_argument("--escalate", help="a second engine for the sentences the first leaves flagged")
+    go.add_argument("--candidates", type=int, default=1, help="rewrites per flagged sentence, the best kept")
     go.add_argument("--seed", type=int, default=0)
     go.add_argument("--limit", type=int, default=0, help="only the first N answers (0: all)")
     go.add_argument("--baseline", type=int, default=20, help="clean and biased answers timed in both modes")
