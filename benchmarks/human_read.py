@@ -79,9 +79,12 @@ def sheet(args: argparse.Namespace) -> None:
     for item in args.system:
         name, _, adapter = item.partition("=")
         systems[name] = rewrites(adapter, texts)
+    asked = dict(c.partition("=")[::2] for c in args.candidates)
+    if unknown := set(asked) - {item.partition("=")[0] for item in args.product}:
+        raise SystemExit(f"--candidates names no --product system: {', '.join(sorted(unknown))}")
     for item in args.product:
         name, _, adapter = item.partition("=")
-        candidates = dict(c.split("=", 1) for c in args.candidates).get(name, 1)
+        candidates = asked.get(name, 1)
         systems[name] = product_rewrites(adapter, texts, args.retries, int(candidates))
     rows: dict[tuple[str, str], list[str]] = {}
     for name, outputs in systems.items():

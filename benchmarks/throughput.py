@@ -124,14 +124,18 @@ def batch_equality(records: list[dict], engine: str, count: int) -> tuple[list[t
     return [(a[0], b[0]) for a, b in zip(batched, alone) if a != b], len(prompts)
 
 
-def latency(records: list[dict], engine: str, judge: str, escalate: str, count: int) -> list[float]:
+def latency(
+    records: list[dict], engine: str, judge: str, escalate: str, count: int, candidates: int = 1
+) -> list[float]:
     """Seconds per text, one text per call, in a warm process (every model loaded by a first call
     on a hateful text): what a caller of ``Debiaser.debias([text])`` or of the HTTP API waits."""
     from mbias import config
     from mbias.intervene import Debiaser, DebiasSettings
 
     debiaser = Debiaser(
-        engine, judge=config.default_judge(judge), settings=DebiasSettings(escalate=escalate or None)
+        engine,
+        judge=config.default_judge(judge),
+        settings=DebiasSettings(escalate=escalate or None, candidates=candidates),
     )
     debiaser.debias([records[0]["text"]])
     if escalate:
@@ -202,7 +206,11 @@ def main() -> None:
         )
         report(name, results[name], gflops, args.params)
     if args.latency:
-        waits = sorted(latency(short_texts(args.texts), args.engine, args.judge, args.escalate, args.latency))
+        waits = sorted(
+            latency(
+                short_texts(args.texts), args.engine, args.judge, args.escalate, args.latency, args.candidates
+            )
+        )
         median, worst = waits[len(waits) // 2], waits[int(0.9 * (len(waits) - 1))]
         print(f"\none text at a time, warm: median {median:.2f} s, p90 {worst:.2f} s ({len(waits)} texts)")
         results["latency"] = {"median_s": median, "p90_s": worst, "seconds": waits}

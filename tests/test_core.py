@@ -301,6 +301,8 @@ def test_the_api_takes_texts_or_records_and_names_anything_else():
         ({"min_similarity": float("nan")}, "min_similarity must be in [0, 1]"),
         ({"screen_margin": float("nan")}, "screen_margin must be in (0, 1]"),
         ({"granularity": "word"}, "granularity must be one of"),
+        ({"candidates": 3, "sample_temperature": 0.0}, "sample_temperature must be above 0"),
+        ({"retries": 2, "sample_temperature": 0.0}, "sample_temperature must be above 0"),
     ],
 )
 def test_settings_that_would_fail_deep_in_a_job_are_refused_when_made(settings, message):
@@ -388,10 +390,14 @@ class ReaderJudge(FixedJudge):
         return [0.9 if "kindly" in c else 0.2 for c in candidates]
 
 
-def test_the_reader_heads_choose_among_candidates_and_the_judge_sets_the_action():
+def test_the_reader_heads_choose_among_candidates_and_their_pick_is_not_retried():
     """With reader heads, the candidate readers would most likely accept wins over the one the judge
-    passes and finds most similar; the judge's verdict still decides the action. Without them (or
-    with one candidate) the order is the judge's, then similarity."""
+    passes and finds most similar. When the judge flags the readers' pick though it passed another,
+    the record says so and neither retries nor escalation run: the choice was deliberate. A
+    candidate that lost the message never wins. Without reader heads (or with one candidate):
+    the judge's verdict, then similarity."""
+    import mbias.intervene as intervene
+
     outputs = ["fix the printer now idiot", "fix the printer now please", "kindly fix the printer now"]
     text = "you idiot fix the printer now"
     judge = ReaderJudge()
@@ -409,16 +415,15 @@ def test_the_reader_heads_choose_among_candidates_and_the_judge_sets_the_action(
     assert plain["rewrite"] == "fix the printer now please"  # safe, then the most similar
     single = ReaderJudge()
     [one] = Debiaser(ScriptedEngine(outputs), judge=single, prompt_style="mbias").debias([text])
-    assert one["rewrite"] == outputs[0] and one["action"] == "flagged" and single.assessed == []
-    # the readers' pick stands when the judge flags it; one that lost the message never wins
-    disliked = ["kindly, idiot, fix the printer now", "fix the printer now please", "kindly go"]
-    [flagged] = Debiaser(
-        ScriptedEngine(disliked),
-        judge=ReaderJudge(),
-        prompt_style="mbias",
-        settings=DebiasSettings(candidates=3),
-    ).debias([text])
-    assert flagged["rewrite"] == disliked[0] and flagged["action"] == "flagged"
+    assert one["rewrite"] == outputs[0] and one["reason"] == intervene.REASON_UNSAFE
+    assert single.assessed == []
+    liked = ["kindly, idiot, fix the printer now", "fix the printer now please", "kindly go"]
+    engine = ScriptedEngine(liked)
+    settings = DebiasSettings(candidates=3, retries=2, escalate="hf:larger")
+    [chosen] = Debiaser(engine, judge=ReaderJudge(), prompt_style="mbias", settings=settings).debias([text])
+    assert chosen["rewrite"] == liked[0] and chosen["action"] == "flagged"
+    assert chosen["reason"] == intervene.REASON_READERS_PICK
+    assert "retried" not in chosen and "escalated" not in chosen and len(engine.calls) == 2
 
 
 class GradedJudge(FixedJudge):

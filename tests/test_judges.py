@@ -326,8 +326,8 @@ def _training_sheet(tmp_path: Path) -> list[dict]:
     instead of the printer lost the meaning; one held-out input (never trains) and one held-out
     sheet at the top (never read)."""
     rows = []
-    kept = [i for i in range(200) if not is_heldout(f"you idiot fix the printer {i}")][:40]
-    for i in kept:
+    training = [i for i in range(200) if not is_heldout(f"you idiot fix the printer {i}")][:40]
+    for i in training:
         text = f"you idiot fix the printer {i}"
         for candidate, unsafe, kept in (
             (f"you idiot fix the printer {i}", 1, 1),
@@ -374,6 +374,30 @@ def test_reader_heads_learn_the_readers_labels_of_training_rewrites_and_order_ca
     )
     assert odds[1] > 0.5 > max(odds[0], odds[2])  # safe and faithful beats a copy and a new topic
     assert loaded.assess([], []) == []
+
+
+def test_refitting_the_reader_heads_keeps_the_rest_of_the_judge(tmp_path, monkeypatch):
+    """`train-judges --heads readers`: the text heads stay as they were, the reader heads and their
+    cross-validated figures are added, and a folder with too few labelled rewrites is refused."""
+    from mbias.commands.train_judges import _train_readers
+
+    monkeypatch.setattr(embedded_module, "encode", WordEncoder())
+    _training_sheet(tmp_path)
+    headset = hand_heads()
+    _train_readers(headset, tmp_path)
+    headset.save(tmp_path / "judge")
+    loaded = HeadSet.load(tmp_path / "judge" / "heads.json")
+    assert set(loaded.readers) == {"unsafe", "kept"}
+    assert loaded.metadata["validation"]["readers"]["rewrites"] == 120
+    x = np.stack([unit(0), unit(1)])
+    for name, head in hand_heads().heads.items():
+        assert loaded.heads[name].predict_proba(x) == pytest.approx(head.predict_proba(x))
+    (tmp_path / "few" / "training-r1").mkdir(parents=True)
+    (tmp_path / "few" / "training-r1" / "sheet-1.jsonl").write_text(
+        json.dumps({"text": "t", "candidate": "c", "unsafe": 0, "meaning_kept": 1})
+    )
+    with pytest.raises(MbiasError, match="need 50 or more"):
+        _train_readers(hand_heads(), tmp_path / "few")
 
 
 def test_train_judges_refits_reader_heads_only_with_reads(tmp_path):

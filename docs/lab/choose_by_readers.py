@@ -91,8 +91,12 @@ def main() -> None:
     picks = {
         "random": [rng.choice(g) for g in groups],
         "judge, then similarity (the old order)": [min(g, key=old_order) for g in groups],
-        "reader heads (similarity >= 0.5 first)": [
+        "reader heads, similarity >= 0.5 first (shipped)": [
             min(g, key=lambda i: (similarity[i] < 0.5, -acceptability[i])) for g in groups
+        ],
+        "judge, then reader heads": [
+            min(g, key=lambda i: (judge.is_unsafe(scores[i]), similarity[i] < 0.5, -acceptability[i]))
+            for g in groups
         ],
         "best possible": [max(g, key=lambda i: (1 - unsafe[i]) * kept[i]) for g in groups],
     }

@@ -35,6 +35,9 @@ REASON_LOST_MEANING = "rewrite lost the meaning"
 REASON_PROTECTED = "holds code or a URL: not sent to the model"
 REASON_NO_PROSE = "no prose to check (code, tables or markup only)"
 REASON_SUSPECT_KEPT = "under the threshold, and no rewrite cleared the screen"
+# Several candidates, the reader heads chose one the judge flags over one it passes: a deliberate
+# choice, so neither retried nor escalated (the judge agrees with readers on rewrites at kappa 0-0.3).
+REASON_READERS_PICK = "the judge flags the rewrite readers would likeliest accept"
 RETRIED_REASONS = (REASON_NO_REWRITE, REASON_UNSAFE, REASON_LOST_MEANING)
 GRANULARITIES = ("auto", "sentence", "text")
 # Screened batches whose flagged units may wait for later batches' before one generate call: a
@@ -104,6 +107,10 @@ class DebiasSettings:
         for name in ("temperature", "sample_temperature"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise MbiasError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if self.sample_temperature == 0 and (
+            self.retries > 0 or (self.candidates > 1 and self.temperature == 0)
+        ):
+            raise MbiasError("sample_temperature must be above 0 to sample candidates or retries")
         if not 0.0 <= self.min_similarity <= 1.0:
             raise MbiasError(f"min_similarity must be in [0, 1], not {self.min_similarity}")
 
@@ -558,14 +565,16 @@ class Debiaser:
         return self._escalation
 
     def _choose(self, units: list[Unit], candidates: list[list[str]], clear_first: bool = False) -> None:
-        """Verify every unit's candidates in one judge call and keep each unit's best: when the
-        judge has reader heads and a unit has several candidates, one that keeps the message
-        (``min_similarity``) first, then the one a blind reader is likeliest to find safe and
-        faithful (``Judge.assess``). Otherwise, and between two engines' candidates: safe first,
-        then meaning kept, then (``clear_first``) one the screen would let through, then the most
-        similar. The judge's verdict still sets the unit's action. On rewrites the judge agrees
-        with readers at kappa 0.0-0.3; choosing among candidates it passes, then by similarity,
-        picked one readers found unsafe more often than a random pick (docs/lab/results-log.md)."""
+        """Verify every unit's candidates in one judge call and keep each unit's best. With reader
+        heads and several candidates, a flagged unit keeps, among those that keep the message
+        (``min_similarity``), the one a blind reader is likeliest to find safe and faithful
+        (``Judge.assess``), even over one the judge passes (reason ``REASON_READERS_PICK``: the
+        judge agrees with readers on rewrites at kappa 0-0.3; with its verdict first, best of five
+        kept the meaning of 34 of 80 bias-set texts against greedy's 46 in a blind read).
+        Otherwise (a suspect, no reader heads, or between two engines' candidates): safe first,
+        then meaning kept, then (``clear_first``) one the screen would let through, then the
+        readers' order or the most similar (docs/lab/results-log.md, "Reader heads choose among
+        candidates")."""
         usable = [[c for c in dict.fromkeys(cs) if c.strip() and not is_refusal(c)] for cs in candidates]
         if self.judge is not None:  # verifying: a decoding loop is not a rewrite either
             usable = [[c for c in ok if not repeats_itself(c, u.text)] for u, ok in zip(units, usable)]
@@ -594,7 +603,7 @@ class Debiaser:
             readers = (
                 assess([u.text for u, _ in pairs], [c for _, c in pairs]) if assess and several else None
             )
-        order = readers or similarity
+        order = similarity if readers is None else readers
         ranked: dict[int, list[tuple[str, dict[str, float], float, float]]] = {}
         for (unit, candidate), score, sim, rank in zip(pairs, scores, similarity, order):
             ranked.setdefault(id(unit), []).append((candidate, score, sim, rank))
@@ -602,16 +611,19 @@ class Debiaser:
             if id(unit) not in ranked:
                 continue
             bar = self._bar(unit)
+            # a flagged unit's candidates in the readers' order (a suspect's must still clear the
+            # screen, or it keeps its own text); otherwise the judge's verdict comes first
+            by_readers = readers is not None and bar >= 1.0
             best, best_scores, best_similarity, _ = min(
                 ranked[id(unit)],
                 key=lambda c: (
                     (c[2] < self.settings.min_similarity, -c[3])
-                    if readers
+                    if by_readers
                     else (
                         self.judge.is_unsafe(c[1], margin=bar),
                         c[2] < self.settings.min_similarity,
                         clear_first and self._caught(c[1]),
-                        -c[2],
+                        -c[3],
                     )
                 ),
             )
@@ -622,7 +634,11 @@ class Debiaser:
             unit.after = {k: round(v, 4) for k, v in best_scores.items()}
             unit.similarity = round(best_similarity, 4)
             if self.judge.is_unsafe(best_scores):
-                unit.action, unit.reason = "flagged", REASON_UNSAFE
+                passed = any(
+                    not self.judge.is_unsafe(c[1]) and c[2] >= self.settings.min_similarity
+                    for c in ranked[id(unit)]
+                )
+                unit.action, unit.reason = "flagged", REASON_READERS_PICK if passed else REASON_UNSAFE
             elif best_similarity < self.settings.min_similarity:
                 unit.action, unit.reason = "flagged", REASON_LOST_MEANING
             else:

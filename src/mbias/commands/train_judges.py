@@ -81,6 +81,13 @@ def train_judges(
     judge_dir = judge_data if judge_data.is_dir() else None
     if reads is not None and not reads.is_dir():
         raise MbiasError(f"--reads {reads}: not a folder")
+    if reads is not None:
+        _reader_rows(reads)  # a folder without enough labels fails now, not after the encoder's tuning
+    elif heads == "all" and (output / "heads.json").is_file() and HeadSet.load(output / "heads.json").readers:
+        console.print(
+            "[yellow]without --reads the new judge has no reader heads; --candidates then orders by "
+            "similarity (pass --reads docs/lab/human-read to keep them)[/]"
+        )
     if heads == "readers":
         shipped = HeadSet.load(output / "heads.json")
         with _staged(output, keep_trained=True) as staging:
@@ -274,17 +281,26 @@ def _train_category(
     )
 
 
+def _reader_rows(reads: Path) -> list:
+    """The labelled rewrites the reader heads learn from; refused when there are too few to fit."""
+    from mbias.judges.readers import MIN_REWRITES, SHEETS, reader_rows
+
+    rows = reader_rows(reads)
+    if len(rows) < MIN_REWRITES:
+        raise MbiasError(
+            f"--reads {reads}: {len(rows)} labelled rewrites in {SHEETS}; the reader heads need "
+            f"{MIN_REWRITES} or more"
+        )
+    return rows
+
+
 def _train_readers(headset: Any, reads: Path) -> None:
     """Fit the reader heads on the readers' labels of training rewrites under ``reads``, with the
     judge's own vectors and scores as features, and attach them."""
     from mbias.judges.embedded import EmbeddedJudge
-    from mbias.judges.readers import SHEETS, fit_reader_heads, pair_features, reader_rows
+    from mbias.judges.readers import fit_reader_heads, pair_features
 
-    rows = reader_rows(reads)
-    if len(rows) < 50:
-        raise MbiasError(
-            f"--reads {reads}: {len(rows)} labelled rewrites in {SHEETS}; the reader heads need 50 or more"
-        )
+    rows = _reader_rows(reads)
     headset.readers = {}  # the features read the text heads only
     judge = EmbeddedJudge(heads=headset)
     with console.status(f"reader heads: {len(rows)} labelled rewrites"):

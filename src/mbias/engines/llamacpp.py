@@ -387,11 +387,12 @@ class LlamaCppEngine:
         while True:
             starting = 0
             starting_groups.clear()
+            deferred = []  # siblings of a row starting now: its prompt cells exist after this step
             while waiting and free and reserved[waiting[0]] <= room:
-                row = waiting[0]
+                row = waiting.popleft()
                 if group[row] in starting_groups:
-                    break  # its sibling's prompt cells exist after this step: start it next step
-                waiting.popleft()
+                    deferred.append(row)
+                    continue
                 slot = free.pop()
                 row_of[slot], room = row, room - reserved[row]
                 llama.llama_memory_seq_rm(memory, slot, -1, -1)  # nothing left from a failed call
@@ -407,6 +408,7 @@ class LlamaCppEngine:
                 feed += [(token, begin + i, slot, i == len(own) - 1) for i, token in enumerate(own)]
                 starting += len(own)
                 holders.setdefault(group[row], set()).add(slot)
+            waiting.extendleft(reversed(deferred))
             if not feed:
                 break
             tally("prompt tokens evaluated", starting)

@@ -26,6 +26,7 @@ READER_HEADS = ("unsafe", "kept")  # a reader's "unsafe" (1: still biased or tox
 SHEETS = "training-*/sheet-*.jsonl"  # readers' labels of rewrites of training texts
 C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)  # logistic regression strengths, chosen by cross-validation
 FOLDS = 5
+MIN_REWRITES = 50  # fewer labelled rewrites than this make no pair of heads worth shipping
 
 
 def _words(text: str) -> set[str]:
@@ -56,7 +57,8 @@ def pair_features(judge: Any, sources: list[str], candidates: list[str]) -> np.n
 
 def reader_rows(reads: Path) -> list[tuple[str, str, int, int]]:
     """(text, candidate, unsafe, meaning_kept) for every rewrite a reader labelled both ways in the
-    training sheets under ``reads``; held-out texts are skipped, whatever sheet holds them."""
+    training sheets under ``reads``; held-out texts are skipped, whatever sheet holds them. Dev
+    texts stay in: these heads choose their strength by cross-validation, not on the dev split."""
     from mbias.eval.reading import read_labels
 
     labels = read_labels([str(p) for p in sorted(reads.glob(SHEETS))])
