@@ -1,14 +1,15 @@
 """Heads that predict what a blind reader says of a rewrite: still unsafe, and meaning kept.
 
 Why they exist: the text heads score a candidate alone, and on rewrites they agree with blind
-readers at kappa 0.1-0.3. Choosing among candidates by them (then by similarity) picked a candidate
-readers found unsafe 22 % of the time where a random pick did 15 % (415 held-out texts with 8
-labelled candidates each, docs/lab/results-log.md). These heads read the *pair*: the candidate's
-vector, its products and differences with the source's, the text heads' scores, the packaged
-encoder's similarity (meaning kept), the length ratio and the word overlap; they are fitted on the
+readers at kappa 0.0-0.3. Choosing among candidates by them (then by similarity) picked a candidate
+readers found unsafe 24 % of the time where a random pick did 16 %, these heads 10 % (423 held-out
+texts with 8 labelled candidates each; docs/lab/choose_by_readers.py). These heads read the
+*pair*: the candidate's vector, its products and differences with the source's, the text heads'
+scores, the packaged encoder's similarity (meaning kept), the length ratio and the word overlap;
+they are fitted on the
 readers' own labels of model rewrites of training texts (``training-*/sheet-*.jsonl`` under a reads
-folder such as docs/lab/human-read), never of held-out ones. The Debiaser ranks a unit's candidates
-by their product, the probability that a reader finds a candidate both safe and faithful.
+folder such as docs/lab/human-read), never of held-out ones. The Debiaser ranks a flagged unit's
+candidates by their product, the probability that a reader finds a candidate both safe and faithful.
 """
 
 from __future__ import annotations
