@@ -6,10 +6,10 @@ readers found unsafe 24 % of the time where a random pick did 16 %, these heads 
 texts with 8 labelled candidates each; docs/lab/choose_by_readers.py). These heads read the
 *pair*: the candidate's vector, its products and differences with the source's, the text heads'
 scores, the packaged encoder's similarity (meaning kept), the length ratio and the word overlap;
-they are fitted on the
-readers' own labels of model rewrites of training texts (``training-*/sheet-*.jsonl`` under a reads
-folder such as docs/lab/human-read), never of held-out ones. The Debiaser ranks a flagged unit's
-candidates by their product, the probability that a reader finds a candidate both safe and faithful.
+they are fitted on the readers' own labels of model rewrites of training texts
+(``training-*/sheet-*.jsonl`` under a reads folder such as docs/lab/human-read), never of held-out
+ones. The Debiaser ranks a flagged unit's candidates by their product, the probability that a
+reader finds a candidate both safe and faithful.
 """
 
 from __future__ import annotations
