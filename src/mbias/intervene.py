@@ -55,7 +55,7 @@ class DebiasSettings:
     max_new_tokens: int = 160
     max_input_tokens: int = 2048  # the paper's max sequence length
     # Candidates per rewrite: at temperature 0 the greedy rewrite and ``candidates - 1`` samples at
-    # ``sample_temperature``; the judge keeps the best (see Debiaser._choose).
+    # ``sample_temperature``; the judge and its reader heads keep the best (see Debiaser._choose).
     candidates: int = 1
     temperature: float = 0.0
     screen: bool = True  # skip generation for units the judge finds clean

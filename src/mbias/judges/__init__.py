@@ -36,8 +36,9 @@ class Judge(Protocol):
 
     def assess(self, sources: list[str], candidates: list[str]) -> list[float] | None:
         """Per (source, candidate) pair: the chance a blind reader finds the candidate both safe
-        and faithful to its source, the Debiaser's order among candidates the judge treats alike;
-        None where the judge has no such model (candidates are then ordered by similarity)."""
+        and faithful to its source: the Debiaser's order among a flagged unit's candidates, and
+        among a suspect's those the judge treats alike; None where the judge has no such model
+        (candidates are then ordered by the judge, then by similarity)."""
         ...
 
     def is_unsafe(self, scores: dict[str, float], margin: Margin = 1.0) -> bool:

@@ -49,11 +49,11 @@ def pair_features(judge: Any, sources: list[str], candidates: list[str]) -> np.n
         ],
         dtype=np.float32,
     )
+    product = source * candidate
     columns = np.stack(
-        [(source * candidate).sum(1), plain, ratio, np.minimum(ratio, 1 / np.maximum(ratio, 1e-3)), overlap],
-        1,
+        [product.sum(1), plain, ratio, np.minimum(ratio, 1 / np.maximum(ratio, 1e-3)), overlap], 1
     )
-    return np.hstack([candidate, source * candidate, np.abs(source - candidate), text_scores, columns])
+    return np.hstack([candidate, product, np.abs(source - candidate), text_scores, columns])
 
 
 def reader_rows(reads: Path) -> list[tuple[str, str, int, int]]:
