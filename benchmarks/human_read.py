@@ -14,7 +14,9 @@ still biased or toxic by docs/ANNOTATION.md, 0: fair); ``tally`` then un-blinds 
 verification, ``--retries`` samples when the rewrite fails) next to the greedy rewrites of
 ``--system``: the read that says whether the judge's choices fix texts or only slip them under it.
 ``--product NAME=ADAPTER@ENGINE`` is that product with ``--escalate ENGINE``; ``--candidates NAME=N``
-gives product NAME N candidates (the greedy one and N - 1 samples, ordered by the judge's reader heads).
+gives product NAME N candidates (the greedy one and N - 1 samples, ordered by the judge's reader heads);
+``--judge NAME=SPEC`` gives product NAME another judge (``embedded:DIR``, a trained judge), so one
+sheet reads two judges' screens and choices side by side.
 ``--exclude SHEET`` skips the inputs of an earlier sheet, for a read on texts nobody has read yet.
 
 Candidates already labelled in earlier sheets (``--labels``) come pre-filled, so a new system only
@@ -54,7 +56,9 @@ def rewrites(adapter: str, texts: list[str]) -> list[str]:
     return [clean_output(o[0], t) for o, t in zip(outputs, texts)]
 
 
-def product_rewrites(adapter: str, texts: list[str], retries: int, candidates: int = 1) -> list[str]:
+def product_rewrites(
+    adapter: str, texts: list[str], retries: int, candidates: int = 1, judge: str = "embedded"
+) -> list[str]:
     """What ``mbias debias --retries R --candidates N [--escalate ENGINE]`` returns: screened and
     verified by the judge; ``ADAPTER@ENGINE`` escalates the flagged ones to ENGINE."""
     from mbias.intervene import Debiaser, DebiasSettings
@@ -63,7 +67,7 @@ def product_rewrites(adapter: str, texts: list[str], retries: int, candidates: i
     adapter, _, escalate = adapter.partition("@")
     engine, style = _engine(adapter)
     settings = DebiasSettings(retries=retries, candidates=candidates, escalate=escalate or None)
-    debiaser = Debiaser(engine, judge=load_judge("embedded"), prompt_style=style, settings=settings)
+    debiaser = Debiaser(engine, judge=load_judge(judge), prompt_style=style, settings=settings)
     return [r["rewrite"] for r in debiaser.debias(texts)]
 
 
@@ -79,13 +83,17 @@ def sheet(args: argparse.Namespace) -> None:
     for item in args.system:
         name, _, adapter = item.partition("=")
         systems[name] = rewrites(adapter, texts)
+    products = {item.partition("=")[0] for item in args.product}
     asked = dict(c.partition("=")[::2] for c in args.candidates)
-    if unknown := set(asked) - {item.partition("=")[0] for item in args.product}:
-        raise SystemExit(f"--candidates names no --product system: {', '.join(sorted(unknown))}")
+    judges = dict(j.partition("=")[::2] for j in args.judge)
+    for option, named in (("--candidates", asked), ("--judge", judges)):
+        if unknown := set(named) - products:
+            raise SystemExit(f"{option} names no --product system: {', '.join(sorted(unknown))}")
     for item in args.product:
         name, _, adapter = item.partition("=")
-        candidates = asked.get(name, 1)
-        systems[name] = product_rewrites(adapter, texts, args.retries, int(candidates))
+        systems[name] = product_rewrites(
+            adapter, texts, args.retries, int(asked.get(name, 1)), judges.get(name, "embedded")
+        )
     rows: dict[tuple[str, str], list[str]] = {}
     for name, outputs in systems.items():
         for text, candidate in zip(texts, outputs):
@@ -179,6 +187,7 @@ def main() -> None:
     make.add_argument(
         "--candidates", action="append", default=[], help="NAME=N: product NAME's candidates (default 1)"
     )
+    make.add_argument("--judge", action="append", default=[], help="NAME=SPEC: product NAME's judge")
     make.add_argument(
         "--exclude", action="append", default=[], help="an earlier sheet whose inputs this one skips"
     )

@@ -7,10 +7,11 @@ Usage: python benchmarks/judges.py [--data ../shared/data] [--texts 512] [--head
 Screening figures use the decision the Debiaser makes (``is_unsafe`` at the calibrated thresholds)
 on held-out texts only (mbias.splits.is_heldout): ToxiGen statements and bias-set pairs (ROC-AUC of
 the larger of the two scores), the discriminatory advice of data/judge (recall; false alarms on
-the fair counterparts), the fair sentences of data/judge by kind, and HolisticBias descriptors in
-neutral templates per axis (false-alarm rate). Agreement with the blind readers: Cohen's kappa of
-the judge's verdict on each model rewrite of a held-out text against each reader's ``unsafe``, and
-the ROC-AUC of its score (each head's score over its threshold, the larger of the two).
+the fair counterparts), the fair sentences and answer prose of data/judge by kind, and
+HolisticBias descriptors in neutral templates per axis (false-alarm rate). Agreement with the
+blind readers: Cohen's kappa of the judge's verdict on each model rewrite of a held-out text
+against each reader's ``unsafe``, and the ROC-AUC of its score (each head's score over its
+threshold, the larger of the two).
 
 Throughput: ``EmbeddedJudge.score`` on distinct ~30-word texts in batches of 64, after a warm-up
 batch (encoder loaded, memo bypassed by never repeating a text). Calibration figures are
@@ -33,6 +34,7 @@ from mbias.judges.metrics import binary_metrics
 from mbias.judges.train_data import (
     Example,
     advice,
+    answer_prose,
     bias_pairs,
     holistic_descriptors,
     identity_phrases,
@@ -196,13 +198,15 @@ def screening(judge: EmbeddedJudge, data: Path) -> None:
             f"recall {flags[labels == 1].mean():.3f}  "
             f"false alarms on the fair side {flags[labels == 0].mean():.3f}"
         )
-    fair = _held_out(list(negatives(ROOT / "data" / "judge")))
+    fair = _held_out(list(negatives(ROOT / "data" / "judge")) + list(answer_prose(ROOT / "data" / "judge")))
     if fair:
         import json
 
         kinds = {
             r["text"]: r["kind"]
-            for r in map(json.loads, (ROOT / "data" / "judge" / "negatives.jsonl").read_text().splitlines())
+            for name in ("negatives.jsonl", "prose.jsonl")
+            if (ROOT / "data" / "judge" / name).exists()
+            for r in map(json.loads, (ROOT / "data" / "judge" / name).read_text().splitlines())
         }
         flags, _ = _flags(judge, [e.text for e in fair])
         for kind in sorted({kinds[e.text] for e in fair}):

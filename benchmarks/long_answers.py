@@ -10,6 +10,7 @@ a paragraph or list item.
     python benchmarks/long_answers.py run --out runs/long        # the figures (whole-text mode on a subset)
     python benchmarks/long_answers.py run --out runs/long --read 60   # + a blind sheet (human_read.py)
     python benchmarks/long_answers.py sheet --run a=runs/long --run b=runs/long-b --out read.jsonl
+    python benchmarks/long_answers.py prose [--judge embedded:runs/judge]   # plain answer prose alone
 
 ``run`` prints: biased sentences changed, biased sentences still unsafe by the judge, clean
 sentences byte-identical, clean answers unchanged, code blocks and list markers intact, and
@@ -18,6 +19,11 @@ same run. ``--read N`` writes N changed-or-not biased sentences beside the peopl
 of the same rows, shuffled and unlabelled, in human_read.py's sheet format; ``sheet`` writes one
 such sheet over several finished runs. A biased sentence counts as changed when a changed span
 overlaps it: the segmenter may cut it differently from the gold.
+
+``prose`` is the same question on more clean text than the answers hold: the held-out sentences of
+data/judge/prose.jsonl (facts, how-tos and advice of assistant answers by other writers than the
+answers'), each through the product path alone. It prints how many the screen sent to the model
+and how many came back changed, per kind, and lists the changed ones.
 """
 
 from __future__ import annotations
@@ -292,6 +298,35 @@ def sheet(args: argparse.Namespace) -> None:
     write_sheet(answers, systems, args.n, args.seed, Path(args.out), args.labels)
 
 
+def prose(args: argparse.Namespace) -> None:
+    """Held-out answer prose through the product path: sent to the model and changed, per kind."""
+    from mbias.judges import load_judge
+    from mbias.splits import is_heldout
+
+    path = Path(__file__).resolve().parents[1] / "data" / "judge" / "prose.jsonl"
+    rows = [
+        r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if is_heldout(r["text"])
+    ]
+    settings = DebiasSettings(screen_margin=args.screen_margin)
+    debiaser = Debiaser(args.engine, judge=load_judge(args.judge), settings=settings)
+    start = time.perf_counter()
+    records = debiaser.debias([r["text"] for r in rows])
+    seconds = time.perf_counter() - start
+    print(f"{len(rows)} held-out sentences of {path.name}, engine {debiaser.engine.name}, judge {args.judge}")
+    for kind in sorted({r["kind"] for r in rows}):
+        mine = [rec for r, rec in zip(rows, records) if r["kind"] == kind]
+        sent = sum(rec.get("reason") != "input judged clean" for rec in mine)
+        changed = sum(rec["rewrite"] != rec["text"] for rec in mine)
+        print(
+            f"{kind:>14}: {len(mine)} sentences, sent to the model {100 * sent / len(mine):.1f} %, "
+            f"changed {100 * changed / len(mine):.1f} %"
+        )
+    print(f"seconds per sentence: {seconds / len(rows):.3f}")
+    for rec in records:
+        if rec["rewrite"] != rec["text"]:
+            print(f"  {rec['text']}\n    -> {rec['rewrite']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -313,6 +348,10 @@ def main() -> None:
     go.add_argument("--baseline", type=int, default=20, help="clean and biased answers timed in both modes")
     go.add_argument("--read", type=int, default=0, help="write a blind sheet of N biased sentences")
     go.add_argument("--out", required=True)
+    alone = commands.add_parser("prose", help="held-out answer prose, each sentence alone")
+    alone.add_argument("--engine", default="mbias-270m")
+    alone.add_argument("--judge", default="embedded")
+    alone.add_argument("--screen-margin", type=float, default=DebiasSettings.screen_margin)
     read = commands.add_parser("sheet", help="one blind sheet over several finished runs")
     read.add_argument("--run", action="append", required=True, help="NAME=DIR of a finished run (repeatable)")
     read.add_argument("--n", type=int, default=60, help="biased sentences to read")
@@ -320,7 +359,7 @@ def main() -> None:
     read.add_argument("--labels", action="append", default=[], help="earlier labelled sheets to reuse")
     read.add_argument("--out", required=True)
     args = parser.parse_args()
-    {"segmenters": segmenters, "run": run, "sheet": sheet}[args.command](args)
+    {"segmenters": segmenters, "run": run, "sheet": sheet, "prose": prose}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -364,6 +364,25 @@ def test_debiaser_never_returns_empty():
     assert refused["action"] == "flagged" and refused["rewrite"] == "x y"
 
 
+def test_a_rewrite_that_changes_only_punctuation_is_the_original_given_back():
+    """A judge that a question mark sways (v9 scored one at 0.42, its full-stop twin at 0.11) must
+    not count the twin as a rewrite: the sentence comes back byte-identical and still flagged, and a
+    rewrite that changes a word is still taken."""
+    text = "So that's order 4417, going to Elm Street?"
+    judge = FixedJudge(unsafe_words=("Street?",))
+    [record] = Debiaser(ScriptedEngine(["so that's order 4417 going to Elm Street."]), judge=judge).debias(
+        [text]
+    )
+    assert record["rewrite"] == text and record["action"] == "flagged"
+    [changed] = Debiaser(ScriptedEngine(["So that's order 4417, going to Oak Street."]), judge=judge).debias(
+        [text]
+    )
+    assert (
+        changed["rewrite"] == "So that's order 4417, going to Oak Street."
+        and changed["action"] == "rewritten"
+    )
+
+
 def test_debiaser_screens_and_chooses_safest_candidate():
     engine = ScriptedEngine(["you idiot fix the printer", "please fix the printer", "cats"])
     debiaser = Debiaser(

@@ -428,6 +428,19 @@ def test_macro_balanced_accuracy_counts_every_source_alike():
     assert scores == pytest.approx([(0.75 + 0) / 2, (0.875 + 0) / 2, (0.625 + 1) / 2])
 
 
+def test_fair_only_sources_count_together_as_one_source():
+    """A second file of fair sentences must not outvote the labelled sources: sources of one
+    class share one place in the average, so adding one moves the threshold only through its
+    texts."""
+    grid = np.array([0.25, 0.45, 0.65])
+    labels = np.array([0, 0, 1, 1, 1, 1, 0, 0])
+    probs = np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.5, 0.3])
+    sources = np.array(["big"] * 6 + ["fair"] + ["prose"])
+    scores = macro_balanced_accuracy(labels, probs, sources, grid)
+    # big as above; fair: 0, 0, 1 and prose: 0, 1, 1 share one place: 0, 0.5, 1
+    assert scores == pytest.approx([(0.75 + 0) / 2, (0.875 + 0.5) / 2, (0.625 + 1) / 2])
+
+
 def _texts_in(split, count: int) -> list[str]:
     """The first ``count`` texts "sentence N" that the real split function puts in ``split``."""
     return [t for t in (f"sentence {n}" for n in range(1000)) if split(t)][:count]

@@ -575,7 +575,16 @@ class Debiaser:
         then meaning kept, then (``clear_first``) one the screen would let through, then the
         readers' order or the most similar (docs/lab/results-log.md, "Reader heads choose among
         candidates")."""
-        usable = [[c for c in dict.fromkeys(cs) if c.strip() and not is_refusal(c)] for cs in candidates]
+        # a candidate with the original's words (punctuation or case aside) is the original given
+        # back: verified as the original, it cannot pass by a question mark turned into a full stop
+        usable = [
+            list(
+                dict.fromkeys(
+                    u.text if _same_words(u.text, c) else c for c in cs if c.strip() and not is_refusal(c)
+                )
+            )
+            for u, cs in zip(units, candidates)
+        ]
         if self.judge is not None:  # verifying: a decoding loop is not a rewrite either
             usable = [[c for c in ok if not repeats_itself(c, u.text)] for u, ok in zip(units, usable)]
         for unit, tried, ok in zip(units, candidates, usable):
@@ -785,6 +794,11 @@ def _spliced_candidates(text: str, units: list[Unit]) -> list[str]:
         )
         for i in range(count)
     ]
+
+
+def _same_words(text: str, candidate: str) -> bool:
+    """Whether ``candidate`` has ``text``'s words in order, whatever its punctuation and case."""
+    return re.findall(r"\w+", text.lower()) == re.findall(r"\w+", candidate.lower())
 
 
 def _action(text: str, rewrite: str) -> str:

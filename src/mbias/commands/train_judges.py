@@ -204,8 +204,9 @@ def _train_all(
                 "data/bias pairs: rewritten biased_text (1), debiased_text and kept texts (0); "
                 "data/judge advice: discriminatory advice (1) vs fair counterpart (0)",
                 "both": "data/judge negatives (0): identity mentions, counter-speech, facts about "
-                "discrimination, fair advice, plain LLM-answer prose; HolisticBias descriptors "
-                "(training side) in neutral templates other than the benchmark's",
+                "discrimination, fair advice, plain LLM-answer prose; data/judge prose (0), a source "
+                "of its own: assistant-answer facts, how-tos and advice about people; HolisticBias "
+                "descriptors (training side) in neutral templates other than the benchmark's",
             },
         },
         "validation": report,

@@ -76,16 +76,21 @@ THRESHOLD_GRID = np.round(np.arange(0.005, 1.0, 0.005), 3)
 def macro_balanced_accuracy(
     labels: np.ndarray, probs: np.ndarray, sources: np.ndarray, grid: np.ndarray = THRESHOLD_GRID
 ) -> np.ndarray:
-    """Per threshold of ``grid``: balanced accuracy averaged over sources (a one-class source
-    counts its accuracy)."""
+    """Per threshold of ``grid``: balanced accuracy averaged over sources. Sources of one class
+    (files of fair sentences) count together as one source, their accuracies averaged: a new file
+    of fair sentences then adds examples, not a vote for a higher threshold (judge v8: counted
+    apart, three fair files moved it from 0.40 to 0.615 and cost 4 points of advice recall)."""
     flagged = probs[None, :] >= grid[:, None]
-    per_source = []
+    per_source, one_class = [], {0: [], 1: []}
     for source in np.unique(sources):
         mask = sources == source
-        classes = [
-            flagged[:, mask & (labels == c)] == bool(c) for c in (0, 1) if (mask & (labels == c)).any()
-        ]
-        per_source.append(np.mean([hit.mean(axis=1) for hit in classes], axis=0))
+        present = [c for c in (0, 1) if (mask & (labels == c)).any()]
+        hits = [(flagged[:, mask & (labels == c)] == bool(c)).mean(axis=1) for c in present]
+        if len(present) == 1:
+            one_class[present[0]].append(hits[0])
+        else:
+            per_source.append(np.mean(hits, axis=0))
+    per_source += [np.mean(group, axis=0) for group in one_class.values() if group]
     return np.mean(per_source, axis=0)
 
 

@@ -116,6 +116,17 @@ def negatives(directory: Path) -> Iterator[Example]:
         yield Example(row["text"], 0, "negatives")
 
 
+def answer_prose(directory: Path) -> Iterator[Example]:
+    """Sentences of assistant answers the screen must pass (0), a source of their own: facts and
+    how-tos naming a place, faith, language or group, alarming words in harmless use ("fatal",
+    "exploit", "kill the process"), and advice about dealing with people by role. On such prose the
+    judge of session 24 flagged 7 % of sentences outright (docs/lab/results-log.md)."""
+    path = directory / "prose.jsonl"
+    if path.exists():
+        for row in _jsonl(path):
+            yield Example(row["text"], 0, "answer-prose")
+
+
 # Neutral sentences that name a group and say nothing about it. benchmarks/judges.py measures false
 # alarms on HolisticBias's own templates, none of which is here, so its figure stays a test.
 IDENTITY_TEMPLATES = (
@@ -201,11 +212,14 @@ def head_pools(
     data: Path, pairs_dir: Path, judge_dir: Path | None = None
 ) -> tuple[dict[str, list[Example]], dict[str, dict[str, int]]]:
     """Examples per head, cleaned, and how many were dropped why. ``judge_dir`` (data/judge) adds
-    discriminatory advice to the bias head and fair sentences to both heads; identity mentions
-    (HolisticBias) go to both heads as negatives. Readers' labels of rewrites train heads of their
-    own (mbias.judges.readers): in the bias head's pool they cost held-out screening (judge v5)."""
+    discriminatory advice to the bias head and fair sentences and answer prose to both heads;
+    identity mentions (HolisticBias) go to both heads as negatives. Readers' labels of rewrites
+    train heads of their own (mbias.judges.readers): in the bias head's pool they cost held-out
+    screening (judge v5)."""
     shared_toxigen = list(toxigen(data))
-    fair = (list(negatives(judge_dir)) if judge_dir else []) + list(identity_mentions(data))
+    fair = (list(negatives(judge_dir)) + list(answer_prose(judge_dir)) if judge_dir else []) + list(
+        identity_mentions(data)
+    )
     raw = {
         "toxicity": list(paradetox(data)) + shared_toxigen + fair,
         "bias": shared_toxigen + list(babe(data)) + list(bias_pairs(pairs_dir)) + fair,
