@@ -108,6 +108,10 @@ def main() -> None:
     print("\nvalidation on held-out texts (stored at training time, calibrated threshold):")
     print(f"{'head':10} {'source':12} {'n':>6} {'ROC-AUC':>8} {'F1':>6} {'acc':>6}")
     for head, report in validation.items():
+        if head == "readers":  # fitted on readers' labels, validated by cross-validation
+            cv = ", ".join(f"{name} {report[name]['cv_roc_auc']}" for name in ("unsafe", "kept"))
+            print(f"{head:10} {'rewrites':12} {report['rewrites']:>6} cross-validated ROC-AUC {cv}")
+            continue
         if "validation_at_threshold" not in report:  # the category head reports accuracy instead
             held = report["held_out"]
             print(f"{head:10} {'held out':12} {held['n']:>6} accuracy {held['accuracy']}")
