@@ -191,7 +191,11 @@ def screening(judge: EmbeddedJudge, data: Path) -> None:
     for name, examples in (
         ("ToxiGen statements", _held_out(list(toxigen(data)))),
         ("bias-set pairs", _held_out(list(bias_pairs(ROOT / "data" / "bias")))),
-        ("discriminatory advice", _held_out(list(advice(ROOT / "data" / "judge")))),
+        ("discriminatory advice", _held_out(list(advice(ROOT / "data" / "judge", ("advice.jsonl",))))),
+        (
+            "stereotype / rejection",
+            _held_out(list(advice(ROOT / "data" / "judge", ("counter-speech.jsonl",)))),
+        ),
     ):
         if not examples:
             continue
@@ -238,7 +242,7 @@ def second_stage(first: EmbeddedJudge, spec: str, data: Path, per_set: int) -> N
     cascade = CascadeJudge(first, LLMJudge(spec))
     sets = {
         "ToxiGen statements": _held_out(list(toxigen(data))),
-        "discriminatory advice": _held_out(list(advice(ROOT / "data" / "judge"))),
+        "discriminatory advice": _held_out(list(advice(ROOT / "data" / "judge", ("advice.jsonl",)))),
         "fair sentences": _held_out(list(negatives(ROOT / "data" / "judge"))),
     }
     print(f"second stage {cascade.name}, band {cascade.band} x threshold, {per_set} held-out texts a set:")

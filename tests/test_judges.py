@@ -21,6 +21,8 @@ from mbias.judges.metrics import binary_metrics
 from mbias.judges.train_data import (
     IDENTITY_TEMPLATES_PER_DESCRIPTOR,
     Example,
+    advice,
+    answer_prose,
     bias_pairs,
     clean,
     identity_mentions,
@@ -282,6 +284,28 @@ def test_bias_pairs_label_rewrites_and_keeps_and_skip_a_half_written_line(tmp_pa
         ("the shop opens at nine", 0),
     ]
     assert list(bias_pairs(tmp_path / "absent")) == []
+
+
+def test_paired_files_are_one_source_and_answer_prose_a_fair_source_of_its_own(tmp_path):
+    """Both paired files feed the "advice" source in file order (a stereotype file is optional),
+    and prose.jsonl is its own fair-only source; a judge folder without them still loads."""
+
+    def write(name: str, rows: list[dict]) -> None:
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    write("advice.jsonl", [{"biased_text": "Hire the young ones.", "fair_text": "Hire on skills."}])
+    assert [(e.text, e.label, e.source) for e in advice(tmp_path)] == [
+        ("Hire the young ones.", 1, "advice"),
+        ("Hire on skills.", 0, "advice"),
+    ]
+    write("counter-speech.jsonl", [{"biased_text": "X are lazy.", "fair_text": "X are not lazy."}])
+    write("prose.jsonl", [{"kind": "answer-prose", "text": "Carry cash in Cuba."}])
+    assert [e.text for e in advice(tmp_path)][2:] == ["X are lazy.", "X are not lazy."]
+    assert [e.text for e in advice(tmp_path, ("counter-speech.jsonl",))] == ["X are lazy.", "X are not lazy."]
+    assert [(e.text, e.label, e.source) for e in answer_prose(tmp_path)] == [
+        ("Carry cash in Cuba.", 0, "answer-prose")
+    ]
+    assert list(answer_prose(tmp_path / "missing")) == []
 
 
 def test_identity_mentions_skip_held_out_dispreferred_and_nonce_descriptors(tmp_path):

@@ -202,7 +202,8 @@ def _train_all(
                 "ToxiGen hate (1) vs neutral (0)",
                 "bias": "ToxiGen hate (1) vs neutral (0); BABE SG2 Biased (1) vs Non-biased (0); "
                 "data/bias pairs: rewritten biased_text (1), debiased_text and kept texts (0); "
-                "data/judge advice: discriminatory advice (1) vs fair counterpart (0)",
+                "data/judge paired files: discriminatory advice and stereotypes (1) vs their fair "
+                "counterparts and rejections (0)",
                 "both": "data/judge negatives (0): identity mentions, counter-speech, facts about "
                 "discrimination, fair advice, plain LLM-answer prose; data/judge prose (0), a source "
                 "of its own: assistant-answer facts, how-tos and advice about people; HolisticBias "

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mbias.judges.heads import Head, HeadSet
-from mbias.judges.train_data import Example, paradetox
+from mbias.judges.train_data import PAIRED_FILES, Example, paradetox
 
 CATEGORIES = (
     "gender",
@@ -56,13 +56,13 @@ PARADETOX_SAMPLE = 1500  # toxic sentences for the insult class, about the size 
 
 
 def category_examples(pairs_dir: Path, data: Path, judge_dir: Path | None = None) -> list[Example]:
-    """(text, category index) examples: the bias set's rewritten sentences and the discriminatory
-    advice (data/judge) by dimension, and a fixed sample of ParaDetox toxic sentences (every 8th)
-    as insults."""
+    """(text, category index) examples: the bias set's rewritten sentences and the biased side of
+    data/judge's paired files (discriminatory advice, stereotypes) by dimension, and a fixed
+    sample of ParaDetox toxic sentences (every 8th) as insults."""
     examples = []
     files = sorted(pairs_dir.glob("*.jsonl"))
-    if judge_dir and (judge_dir / "advice.jsonl").is_file():
-        files.append(judge_dir / "advice.jsonl")
+    if judge_dir:
+        files += [judge_dir / name for name in PAIRED_FILES if (judge_dir / name).is_file()]
     for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)

@@ -101,12 +101,19 @@ def _jsonl(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def advice(directory: Path) -> Iterator[Example]:
-    """Discriminatory advice and decisions about groups (1) beside their fair counterparts (0):
-    the polite, assistant-voiced bias that social-media training data lacks."""
-    for row in _jsonl(directory / "advice.jsonl"):
-        yield Example(row["biased_text"], 1, "advice")
-        yield Example(row["fair_text"], 0, "advice")
+# Files of biased statements (1) beside a fair counterpart on the same point (0), one source: the
+# polite, assistant-voiced bias that social-media training data lacks (advice.jsonl: discriminatory
+# advice and decisions about groups), and stereotypes beside a sentence rejecting them
+# (counter-speech.jsonl), without which the judge flagged 60 % of held-out counter-speech (v9).
+PAIRED_FILES = ("advice.jsonl", "counter-speech.jsonl")
+
+
+def advice(directory: Path, files: tuple[str, ...] = PAIRED_FILES) -> Iterator[Example]:
+    """The paired files' biased statements (1) and fair counterparts (0), as source "advice"."""
+    for name in files:
+        for row in _jsonl(directory / name):
+            yield Example(row["biased_text"], 1, "advice")
+            yield Example(row["fair_text"], 0, "advice")
 
 
 def negatives(directory: Path) -> Iterator[Example]:
