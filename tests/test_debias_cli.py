@@ -185,6 +185,7 @@ def test_screen_margin_decides_whether_a_suspect_reaches_the_model(engine):
         "Young people today don't know the meaning of hard work.",
         "A man should always have the final say in the house.",
         "My son wants a doll for his birthday, I'm worried he's turning soft.",
+        "Anyone who needs therapy is weak.",
     ]
     thresholds = judge.thresholds
     suspects = [

@@ -103,9 +103,11 @@ def _jsonl(path: Path) -> Iterator[dict]:
 
 # Files of biased statements (1) beside a fair counterpart on the same point (0), one source: the
 # polite, assistant-voiced bias that social-media training data lacks (advice.jsonl: discriminatory
-# advice and decisions about groups), and stereotypes beside a sentence rejecting them
-# (counter-speech.jsonl), without which the judge flagged 60 % of held-out counter-speech (v9).
-PAIRED_FILES = ("advice.jsonl", "counter-speech.jsonl")
+# advice and decisions about groups), stereotypes beside a sentence rejecting them
+# (counter-speech.jsonl), without which the judge flagged 60 % of held-out counter-speech (v9), and
+# blunt, casual stereotypes beside a plain sentence on their topic (stereotypes.jsonl), the kind
+# the screen let through unread ("all women care about is shopping ...").
+PAIRED_FILES = ("advice.jsonl", "counter-speech.jsonl", "stereotypes.jsonl")
 
 
 def advice(directory: Path, files: tuple[str, ...] = PAIRED_FILES) -> Iterator[Example]:
