@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from mbias.eval.answers import Answer, biased_sentence, build, load_answers, render
-from mbias.intervene import Debiaser, DebiasSettings
+from mbias.intervene import REASON_CLEAN, Debiaser, DebiasSettings
 
 
 # -- segmenters ---------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def prose(args: argparse.Namespace) -> None:
     print(f"{len(rows)} held-out sentences of {path.name}, engine {debiaser.engine.name}, judge {args.judge}")
     for kind in sorted({r["kind"] for r in rows}):
         mine = [rec for r, rec in zip(rows, records) if r["kind"] == kind]
-        sent = sum(rec.get("reason") != "input judged clean" for rec in mine)
+        sent = sum(rec.get("reason") != REASON_CLEAN for rec in mine)
         changed = sum(rec["rewrite"] != rec["text"] for rec in mine)
         print(
             f"{kind:>14}: {len(mine)} sentences, sent to the model {100 * sent / len(mine):.1f} %, "
